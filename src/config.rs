@@ -1,0 +1,189 @@
+//! Every limit of ringws in one place, validated once at start-up.
+//!
+//! Names carry their unit last (`_ms`, `_bytes`, `_max`). The defaults are what a production server
+//! facing the Internet should start with; the tests shrink them to make timers fire quickly.
+
+use std::fmt;
+
+/// What to do when a connection's send queue is over `send_queue_bytes_max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackpressurePolicy {
+    /// Close the connection with 1008 (policy violation). The default: a peer that does not read
+    /// must not make the server hold unbounded memory.
+    Close,
+    /// Drop the message for this connection only and count it; the connection stays open.
+    Drop,
+}
+
+/// All limits and timings of a server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Worker threads, each with its own ring and listener. Default: number of cores.
+    pub workers: usize,
+    /// Size of each worker's fixed-file (direct descriptor) table, i.e. its connection limit.
+    pub connections_per_worker_max: u32,
+    /// Listen backlog passed to listen(2).
+    pub listen_backlog: u32,
+    /// Largest handshake request header block, in bytes (431 past it).
+    pub handshake_header_bytes_max: usize,
+    /// Time a client has to complete its upgrade request.
+    pub handshake_timeout_ms: u64,
+    /// Handshakes a worker keeps in progress at once; past it, new connections are refused (503).
+    pub handshakes_pending_per_worker_max: u32,
+    /// A connection with no bytes received for this long is sent a ping.
+    pub ping_interval_ms: u64,
+    /// After a heartbeat ping, the peer must send something (a pong or anything) within this time.
+    pub pong_timeout_ms: u64,
+    /// After our Close frame went out, the peer has this long to answer before TCP is closed.
+    pub close_timeout_ms: u64,
+    /// Largest payload of a single frame (1009 past it).
+    pub frame_bytes_max: u64,
+    /// Largest message, summed over its fragments (1009 past it).
+    pub message_bytes_max: u64,
+    /// Most fragments (frames) in one message (1009 past it).
+    pub message_fragments_max: u32,
+    /// Bytes queued for sending on one connection before backpressure applies.
+    pub send_queue_bytes_max: usize,
+    /// What happens past `send_queue_bytes_max`.
+    pub backpressure: BackpressurePolicy,
+    /// Size of one receive buffer in the provided-buffer ring.
+    pub recv_buffer_bytes: u32,
+    /// Number of receive buffers per worker (a power of two).
+    pub recv_buffers_per_worker: u16,
+    /// Size of one registered send buffer.
+    pub send_buffer_bytes: u32,
+    /// Number of registered send buffers per worker.
+    pub send_buffers_per_worker: u16,
+    /// Submission queue entries per ring.
+    pub ring_entries: u32,
+    /// Allowed `Origin` values; empty means any Origin (or none) is accepted. Others get 403.
+    pub origins_allowed: Vec<String>,
+    /// Pin worker i to core i mod cores.
+    pub pin_workers: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            connections_per_worker_max: 19_000,
+            listen_backlog: 4096,
+            handshake_header_bytes_max: 8 * 1024,
+            handshake_timeout_ms: 10_000,
+            handshakes_pending_per_worker_max: 4096,
+            ping_interval_ms: 30_000,
+            pong_timeout_ms: 10_000,
+            close_timeout_ms: 5_000,
+            frame_bytes_max: 16 * 1024 * 1024,
+            message_bytes_max: 16 * 1024 * 1024,
+            message_fragments_max: 1 << 20,
+            send_queue_bytes_max: 32 * 1024 * 1024,
+            backpressure: BackpressurePolicy::Close,
+            recv_buffer_bytes: 16 * 1024,
+            recv_buffers_per_worker: 1024,
+            send_buffer_bytes: 64 * 1024,
+            send_buffers_per_worker: 256,
+            ring_entries: 4096,
+            origins_allowed: Vec::new(),
+            pin_workers: true,
+        }
+    }
+}
+
+/// A configuration that cannot work, with the field and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config.{}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn check(ok: bool, field: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError { field, reason: reason.into() })
+    }
+}
+
+impl Config {
+    /// Checks every limit once, at start-up.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(self.workers >= 1 && self.workers <= 1024, "workers", "must be 1..=1024")?;
+        check(
+            self.connections_per_worker_max >= 1,
+            "connections_per_worker_max",
+            "must be at least 1",
+        )?;
+        check(
+            self.handshake_header_bytes_max >= 256,
+            "handshake_header_bytes_max",
+            "must be at least 256",
+        )?;
+        check(self.handshake_timeout_ms > 0, "handshake_timeout_ms", "must be > 0")?;
+        check(self.ping_interval_ms > 0, "ping_interval_ms", "must be > 0")?;
+        check(self.pong_timeout_ms > 0, "pong_timeout_ms", "must be > 0")?;
+        check(self.close_timeout_ms > 0, "close_timeout_ms", "must be > 0")?;
+        check(self.frame_bytes_max >= 125, "frame_bytes_max", "must be at least 125")?;
+        check(
+            self.message_bytes_max >= self.frame_bytes_max.min(125),
+            "message_bytes_max",
+            "must be at least 125",
+        )?;
+        check(self.message_fragments_max >= 1, "message_fragments_max", "must be at least 1")?;
+        check(
+            self.send_queue_bytes_max >= 1024,
+            "send_queue_bytes_max",
+            "must be at least 1024",
+        )?;
+        check(
+            self.recv_buffer_bytes >= 512 && self.recv_buffer_bytes <= 1 << 20,
+            "recv_buffer_bytes",
+            "must be 512..=1 MiB",
+        )?;
+        check(
+            self.recv_buffers_per_worker.is_power_of_two() && self.recv_buffers_per_worker <= 1 << 15,
+            "recv_buffers_per_worker",
+            "must be a power of two, at most 32768",
+        )?;
+        check(
+            self.send_buffer_bytes >= 1024,
+            "send_buffer_bytes",
+            "must be at least 1024",
+        )?;
+        check(self.send_buffers_per_worker >= 1, "send_buffers_per_worker", "must be at least 1")?;
+        check(
+            self.ring_entries.is_power_of_two() && self.ring_entries >= 64,
+            "ring_entries",
+            "must be a power of two, at least 64",
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let c = Config { recv_buffers_per_worker: 1000, ..Config::default() };
+        assert_eq!(c.validate().unwrap_err().field, "recv_buffers_per_worker");
+        let c = Config { workers: 0, ..Config::default() };
+        assert_eq!(c.validate().unwrap_err().field, "workers");
+        let c = Config { ping_interval_ms: 0, ..Config::default() };
+        assert_eq!(c.validate().unwrap_err().field, "ping_interval_ms");
+    }
+}
