@@ -18,3 +18,15 @@
 
 pub mod config;
 pub mod proto;
+pub mod handler;
+pub mod metrics;
+pub mod modes;
+pub mod runtime;
+pub mod server;
+pub mod timer;
+
+pub use config::{BackpressurePolicy, Config};
+pub use handler::{
+    Backpressure, Conn, ConnId, Handler, Message, OpenDecision, Publisher, UpgradeRequest, WorkerId,
+};
+pub use server::{ServerHandle, run_until_signal, start};
