@@ -18,3 +18,4 @@
 
 pub mod config;
 pub mod proto;
+pub mod timer;
