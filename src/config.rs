@@ -109,14 +109,21 @@ fn check(ok: bool, field: &'static str, reason: impl Into<String>) -> Result<(),
     if ok {
         Ok(())
     } else {
-        Err(ConfigError { field, reason: reason.into() })
+        Err(ConfigError {
+            field,
+            reason: reason.into(),
+        })
     }
 }
 
 impl Config {
     /// Checks every limit once, at start-up.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check(self.workers >= 1 && self.workers <= 1024, "workers", "must be 1..=1024")?;
+        check(
+            self.workers >= 1 && self.workers <= 1024,
+            "workers",
+            "must be 1..=1024",
+        )?;
         check(
             self.connections_per_worker_max >= 1,
             "connections_per_worker_max",
@@ -127,17 +134,29 @@ impl Config {
             "handshake_header_bytes_max",
             "must be at least 256",
         )?;
-        check(self.handshake_timeout_ms > 0, "handshake_timeout_ms", "must be > 0")?;
+        check(
+            self.handshake_timeout_ms > 0,
+            "handshake_timeout_ms",
+            "must be > 0",
+        )?;
         check(self.ping_interval_ms > 0, "ping_interval_ms", "must be > 0")?;
         check(self.pong_timeout_ms > 0, "pong_timeout_ms", "must be > 0")?;
         check(self.close_timeout_ms > 0, "close_timeout_ms", "must be > 0")?;
-        check(self.frame_bytes_max >= 125, "frame_bytes_max", "must be at least 125")?;
+        check(
+            self.frame_bytes_max >= 125,
+            "frame_bytes_max",
+            "must be at least 125",
+        )?;
         check(
             self.message_bytes_max >= self.frame_bytes_max.min(125),
             "message_bytes_max",
             "must be at least 125",
         )?;
-        check(self.message_fragments_max >= 1, "message_fragments_max", "must be at least 1")?;
+        check(
+            self.message_fragments_max >= 1,
+            "message_fragments_max",
+            "must be at least 1",
+        )?;
         check(
             self.send_queue_bytes_max >= 1024,
             "send_queue_bytes_max",
@@ -149,7 +168,8 @@ impl Config {
             "must be 512..=1 MiB",
         )?;
         check(
-            self.recv_buffers_per_worker.is_power_of_two() && self.recv_buffers_per_worker <= 1 << 15,
+            self.recv_buffers_per_worker.is_power_of_two()
+                && self.recv_buffers_per_worker <= 1 << 15,
             "recv_buffers_per_worker",
             "must be a power of two, at most 32768",
         )?;
@@ -158,7 +178,11 @@ impl Config {
             "send_buffer_bytes",
             "must be at least 1024",
         )?;
-        check(self.send_buffers_per_worker >= 1, "send_buffers_per_worker", "must be at least 1")?;
+        check(
+            self.send_buffers_per_worker >= 1,
+            "send_buffers_per_worker",
+            "must be at least 1",
+        )?;
         check(
             self.ring_entries.is_power_of_two() && self.ring_entries >= 64,
             "ring_entries",
@@ -179,11 +203,20 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let c = Config { recv_buffers_per_worker: 1000, ..Config::default() };
+        let c = Config {
+            recv_buffers_per_worker: 1000,
+            ..Config::default()
+        };
         assert_eq!(c.validate().unwrap_err().field, "recv_buffers_per_worker");
-        let c = Config { workers: 0, ..Config::default() };
+        let c = Config {
+            workers: 0,
+            ..Config::default()
+        };
         assert_eq!(c.validate().unwrap_err().field, "workers");
-        let c = Config { ping_interval_ms: 0, ..Config::default() };
+        let c = Config {
+            ping_interval_ms: 0,
+            ..Config::default()
+        };
         assert_eq!(c.validate().unwrap_err().field, "ping_interval_ms");
     }
 }

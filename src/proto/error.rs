@@ -71,9 +71,17 @@ impl ProtoError {
         match self {
             InvalidUtf8 => close_code::INVALID_PAYLOAD,
             FrameTooBig | MessageTooBig | TooManyFragments => close_code::MESSAGE_TOO_BIG,
-            ReservedBits | ReservedOpcode | BadMask | LengthTopBit | NonMinimalLength
-            | FragmentedControl | ControlTooLong | UnexpectedContinuation | ExpectedContinuation
-            | CloseLengthOne | InvalidCloseCode(_) => close_code::PROTOCOL_ERROR,
+            ReservedBits
+            | ReservedOpcode
+            | BadMask
+            | LengthTopBit
+            | NonMinimalLength
+            | FragmentedControl
+            | ControlTooLong
+            | UnexpectedContinuation
+            | ExpectedContinuation
+            | CloseLengthOne
+            | InvalidCloseCode(_) => close_code::PROTOCOL_ERROR,
         }
     }
 
@@ -121,10 +129,14 @@ mod tests {
                 || (3000..=4999).contains(&code);
             assert_eq!(is_valid_on_wire(code), expect, "code {code}");
         }
-        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535] {
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
+        ] {
             assert!(!is_valid_on_wire(code), "{code} must be invalid");
         }
-        for code in [1000, 1001, 1002, 1003, 1007, 1010, 1011, 1014, 3000, 3999, 4000, 4999] {
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1010, 1011, 1014, 3000, 3999, 4000, 4999,
+        ] {
             assert!(is_valid_on_wire(code), "{code} must be valid");
         }
     }
