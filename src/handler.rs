@@ -50,7 +50,13 @@ impl ConnId {
 
 impl std::fmt::Debug for ConnId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ConnId({}:{}:{})", self.worker(), self.index(), self.generation())
+        write!(
+            f,
+            "ConnId({}:{}:{})",
+            self.worker(),
+            self.index(),
+            self.generation()
+        )
     }
 }
 
@@ -246,7 +252,10 @@ pub(crate) struct Mailbox {
 
 impl Mailbox {
     pub(crate) fn new(wake_fd: std::os::fd::OwnedFd) -> Mailbox {
-        Mailbox { queue: Mutex::new(Vec::new()), wake_fd }
+        Mailbox {
+            queue: Mutex::new(Vec::new()),
+            wake_fd,
+        }
     }
 
     pub(crate) fn wake_fd(&self) -> std::os::fd::RawFd {
@@ -339,7 +348,10 @@ mod tests {
     #[test]
     fn conn_id_packs_its_parts() {
         let id = ConnId::new(3, 19_999, (1 << 24) - 1);
-        assert_eq!((id.worker(), id.index(), id.generation()), (3, 19_999, (1 << 24) - 1));
+        assert_eq!(
+            (id.worker(), id.index(), id.generation()),
+            (3, 19_999, (1 << 24) - 1)
+        );
         assert_ne!(ConnId::new(0, 1, 2), ConnId::new(0, 1, 3));
     }
 

@@ -17,10 +17,10 @@
 //! `proto` is the sans-IO core; `runtime` is the only module with io_uring and `unsafe`.
 
 pub mod config;
-pub mod proto;
 pub mod handler;
 pub mod metrics;
 pub mod modes;
+pub mod proto;
 pub mod runtime;
 pub mod server;
 pub mod timer;

@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Close codes counted by name; anything else is counted as `other`.
-pub const CLOSE_CODES: [u16; 12] = [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012];
+pub const CLOSE_CODES: [u16; 12] = [
+    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012,
+];
 /// HTTP statuses counted by name; anything else is counted as `other`.
 pub const HTTP_STATUSES: [u16; 10] = [200, 400, 401, 403, 404, 405, 408, 426, 431, 503];
 
@@ -57,13 +59,19 @@ pub fn dec(c: &AtomicU64) {
 impl WorkerMetrics {
     /// Counts one ended connection under its close code.
     pub fn close(&self, code: u16) {
-        let i = CLOSE_CODES.iter().position(|&c| c == code).unwrap_or(CLOSE_CODES.len());
+        let i = CLOSE_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(CLOSE_CODES.len());
         add(&self.closes[i], 1);
     }
 
     /// Counts one non-101 HTTP answer.
     pub fn http(&self, status: u16) {
-        let i = HTTP_STATUSES.iter().position(|&s| s == status).unwrap_or(HTTP_STATUSES.len());
+        let i = HTTP_STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(HTTP_STATUSES.len());
         add(&self.http[i], 1);
     }
 }
@@ -93,7 +101,10 @@ impl Metrics {
 
     /// Ended connections with close code `code` over all workers.
     pub fn closes_with(&self, code: u16) -> u64 {
-        let i = CLOSE_CODES.iter().position(|&c| c == code).unwrap_or(CLOSE_CODES.len());
+        let i = CLOSE_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(CLOSE_CODES.len());
         self.workers.iter().map(|w| w.closes[i].load(Relaxed)).sum()
     }
 
@@ -101,35 +112,110 @@ impl Metrics {
     pub fn render(&self) -> String {
         let ws = &self.workers;
         let mut out = String::with_capacity(2048);
-        header(&mut out, "ringws_connections", "gauge", "Connections by state.");
-        labelled(&mut out, "ringws_connections", "state", "handshaking", sum(ws, |w| &w.handshaking));
-        labelled(&mut out, "ringws_connections", "state", "open", sum(ws, |w| &w.open));
-        labelled(&mut out, "ringws_connections", "state", "closing", sum(ws, |w| &w.closing));
+        header(
+            &mut out,
+            "ringws_connections",
+            "gauge",
+            "Connections by state.",
+        );
+        labelled(
+            &mut out,
+            "ringws_connections",
+            "state",
+            "handshaking",
+            sum(ws, |w| &w.handshaking),
+        );
+        labelled(
+            &mut out,
+            "ringws_connections",
+            "state",
+            "open",
+            sum(ws, |w| &w.open),
+        );
+        labelled(
+            &mut out,
+            "ringws_connections",
+            "state",
+            "closing",
+            sum(ws, |w| &w.closing),
+        );
         let counters: [(&str, &str, u64); 6] = [
-            ("ringws_messages_received_total", "Data messages received.", sum(ws, |w| &w.messages_received)),
-            ("ringws_messages_sent_total", "Data messages queued for sending.", sum(ws, |w| &w.messages_sent)),
-            ("ringws_bytes_received_total", "Bytes read from sockets.", sum(ws, |w| &w.bytes_received)),
-            ("ringws_bytes_sent_total", "Bytes written to sockets.", sum(ws, |w| &w.bytes_sent)),
-            ("ringws_backpressure_drops_total", "Messages dropped: send queue full.", sum(ws, |w| &w.backpressure_drops)),
-            ("ringws_backpressure_closes_total", "Connections closed 1008: send queue full.", sum(ws, |w| &w.backpressure_closes)),
+            (
+                "ringws_messages_received_total",
+                "Data messages received.",
+                sum(ws, |w| &w.messages_received),
+            ),
+            (
+                "ringws_messages_sent_total",
+                "Data messages queued for sending.",
+                sum(ws, |w| &w.messages_sent),
+            ),
+            (
+                "ringws_bytes_received_total",
+                "Bytes read from sockets.",
+                sum(ws, |w| &w.bytes_received),
+            ),
+            (
+                "ringws_bytes_sent_total",
+                "Bytes written to sockets.",
+                sum(ws, |w| &w.bytes_sent),
+            ),
+            (
+                "ringws_backpressure_drops_total",
+                "Messages dropped: send queue full.",
+                sum(ws, |w| &w.backpressure_drops),
+            ),
+            (
+                "ringws_backpressure_closes_total",
+                "Connections closed 1008: send queue full.",
+                sum(ws, |w| &w.backpressure_closes),
+            ),
         ];
         for (name, help, n) in counters {
             header(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {n}");
         }
-        header(&mut out, "ringws_closes_total", "counter", "Ended connections by close code.");
-        for (i, code) in CLOSE_CODES.iter().map(|c| c.to_string()).chain(["other".into()]).enumerate() {
+        header(
+            &mut out,
+            "ringws_closes_total",
+            "counter",
+            "Ended connections by close code.",
+        );
+        for (i, code) in CLOSE_CODES
+            .iter()
+            .map(|c| c.to_string())
+            .chain(["other".into()])
+            .enumerate()
+        {
             let n: u64 = ws.iter().map(|w| w.closes[i].load(Relaxed)).sum();
             labelled(&mut out, "ringws_closes_total", "code", &code, n);
         }
-        header(&mut out, "ringws_http_responses_total", "counter", "Non-101 HTTP answers by status.");
-        for (i, s) in HTTP_STATUSES.iter().map(|c| c.to_string()).chain(["other".into()]).enumerate() {
+        header(
+            &mut out,
+            "ringws_http_responses_total",
+            "counter",
+            "Non-101 HTTP answers by status.",
+        );
+        for (i, s) in HTTP_STATUSES
+            .iter()
+            .map(|c| c.to_string())
+            .chain(["other".into()])
+            .enumerate()
+        {
             let n: u64 = ws.iter().map(|w| w.http[i].load(Relaxed)).sum();
             labelled(&mut out, "ringws_http_responses_total", "status", &s, n);
         }
         let gauges: [(&str, &str, u64); 3] = [
-            ("ringws_fixed_files_in_use", "Direct descriptors in use.", sum(ws, |w| &w.fixed_files)),
-            ("ringws_slab_slots", "Connection slots in use.", sum(ws, |w| &w.slab_slots)),
+            (
+                "ringws_fixed_files_in_use",
+                "Direct descriptors in use.",
+                sum(ws, |w| &w.fixed_files),
+            ),
+            (
+                "ringws_slab_slots",
+                "Connection slots in use.",
+                sum(ws, |w| &w.slab_slots),
+            ),
             ("ringws_workers", "Worker threads.", ws.len() as u64),
         ];
         for (name, help, n) in gauges {
@@ -153,12 +239,26 @@ mod tests {
         a.close(1000);
         b.close(4321);
         b.http(503);
-        let m = Metrics { workers: vec![a, b] };
+        let m = Metrics {
+            workers: vec![a, b],
+        };
         let text = m.render();
-        assert!(text.contains("ringws_connections{state=\"open\"} 5\n"), "{text}");
-        assert!(text.contains("ringws_closes_total{code=\"1000\"} 1\n"), "{text}");
-        assert!(text.contains("ringws_closes_total{code=\"other\"} 1\n"), "{text}");
-        assert!(text.contains("ringws_http_responses_total{status=\"503\"} 1\n"), "{text}");
+        assert!(
+            text.contains("ringws_connections{state=\"open\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringws_closes_total{code=\"1000\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringws_closes_total{code=\"other\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringws_http_responses_total{status=\"503\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("ringws_workers 2\n"), "{text}");
         assert_eq!(m.closes_with(1000), 1);
     }

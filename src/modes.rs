@@ -65,7 +65,9 @@ impl Handler for PubSub {
             }
             Some(Command::Pub(topic, payload)) => conn.publish(topic, Message::Text(payload)),
             None => {
-                conn.send_text("error: expected `sub <topic>`, `unsub <topic>` or `pub <topic> <payload>`");
+                conn.send_text(
+                    "error: expected `sub <topic>`, `unsub <topic>` or `pub <topic> <payload>`",
+                );
             }
         }
     }
@@ -79,7 +81,10 @@ mod tests {
     fn commands_parse() {
         assert_eq!(parse_command("sub news"), Some(Command::Sub("news")));
         assert_eq!(parse_command("unsub news"), Some(Command::Unsub("news")));
-        assert_eq!(parse_command("pub news hello world"), Some(Command::Pub("news", "hello world")));
+        assert_eq!(
+            parse_command("pub news hello world"),
+            Some(Command::Pub("news", "hello world"))
+        );
         assert_eq!(parse_command("pub news"), Some(Command::Pub("news", "")));
         assert_eq!(parse_command("sub a b"), None);
         assert_eq!(parse_command("sub "), None);

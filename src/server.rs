@@ -46,7 +46,9 @@ impl ServerHandle {
     pub fn join(self) -> io::Result<()> {
         let mut first = Ok(());
         for t in self.threads {
-            let res = t.join().unwrap_or_else(|_| Err(io::Error::other("worker panicked")));
+            let res = t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("worker panicked")));
             if first.is_ok() {
                 first = res;
             }
@@ -62,8 +64,12 @@ where
     H: Handler,
     F: Fn(WorkerId) -> H + Send + Sync + 'static,
 {
-    config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    sys::ensure_nofile(u64::from(config.connections_per_worker_max + SPARE_FIXED_FILES))?;
+    config
+        .validate()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    sys::ensure_nofile(u64::from(
+        config.connections_per_worker_max + SPARE_FIXED_FILES,
+    ))?;
     let first = sys::listener(addr, config.listen_backlog)?;
     let addr = SocketAddr::new(addr.ip(), sys::local_port(first.as_raw_fd())?);
     let mut listeners = vec![first];
@@ -74,8 +80,12 @@ where
         .map(|_| sys::eventfd().map(Mailbox::new))
         .collect::<io::Result<Vec<_>>>()?;
     let publisher = Publisher::new(mailboxes.into());
-    let per_worker: Vec<_> = (0..config.workers).map(|_| Arc::new(WorkerMetrics::default())).collect();
-    let metrics = Arc::new(Metrics { workers: per_worker.clone() });
+    let per_worker: Vec<_> = (0..config.workers)
+        .map(|_| Arc::new(WorkerMetrics::default()))
+        .collect();
+    let metrics = Arc::new(Metrics {
+        workers: per_worker.clone(),
+    });
     let cfg = Arc::new(config);
     let factory = Arc::new(factory);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -92,17 +102,26 @@ where
         };
         let core = (cfg.pin_workers && !cores.is_empty()).then(|| cores[i % cores.len()]);
         let (factory, tx) = (factory.clone(), tx.clone());
-        let t = std::thread::Builder::new().name(format!("ringws-w{i}")).spawn(move || {
-            if let Some(core) = core {
-                core_affinity::set_for_current(core);
-            }
-            worker::run(setup, || factory(i), tx)
-        })?;
+        let t = std::thread::Builder::new()
+            .name(format!("ringws-w{i}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                worker::run(setup, || factory(i), tx)
+            })?;
         threads.push(t);
     }
-    let handle = ServerHandle { addr, publisher, metrics, threads };
+    let handle = ServerHandle {
+        addr,
+        publisher,
+        metrics,
+        threads,
+    };
     for _ in 0..cfg.workers {
-        let res = rx.recv().unwrap_or_else(|_| Err(io::Error::other("worker died at start")));
+        let res = rx
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("worker died at start")));
         if let Err(e) = res {
             handle.shutdown();
             let _ = handle.join();

@@ -15,7 +15,11 @@ fn echo_text_and_binary_of_every_size() {
     for n in [0, 1, 125, 126, 127, 65_535, 65_536, 100_000, 1 << 20] {
         let data = pattern(n);
         c.send_binary(&data).unwrap();
-        assert_eq!(c.recv().unwrap(), Event::Binary(data), "binary of {n} bytes");
+        assert_eq!(
+            c.recv().unwrap(),
+            Event::Binary(data),
+            "binary of {n} bytes"
+        );
         let text: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
         c.send_text(&text).unwrap();
         assert_eq!(c.recv().unwrap(), Event::Text(text), "text of {n} bytes");

@@ -40,16 +40,18 @@ impl RecvPool {
     /// buffer group `group` of `ring`.
     pub fn new(ring: &Ring, group: u16, count: u16, buffer_bytes: u32) -> io::Result<RecvPool> {
         assert!(count.is_power_of_two() && count <= 1 << 15);
-        let entries_layout = Layout::from_size_align(
-            usize::from(count) * mem::size_of::<BufRingEntry>(),
-            4096,
-        )
-        .map_err(io::Error::other)?;
+        let entries_layout =
+            Layout::from_size_align(usize::from(count) * mem::size_of::<BufRingEntry>(), 4096)
+                .map_err(io::Error::other)?;
         let memory_layout = Layout::from_size_align(usize::from(count) * buffer_bytes as usize, 64)
             .map_err(io::Error::other)?;
         // SAFETY: both layouts have a non-zero size (count >= 1, buffer_bytes >= 512).
-        let (entries, memory) =
-            unsafe { (alloc::alloc_zeroed(entries_layout), alloc::alloc_zeroed(memory_layout)) };
+        let (entries, memory) = unsafe {
+            (
+                alloc::alloc_zeroed(entries_layout),
+                alloc::alloc_zeroed(memory_layout),
+            )
+        };
         let (Some(entries), Some(memory)) = (NonNull::new(entries), NonNull::new(memory)) else {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         };
@@ -88,7 +90,11 @@ impl RecvPool {
         // entries before the published tail, and this one is at or after it.
         let entry = unsafe { &mut *self.entries.as_ptr().add(slot) };
         // SAFETY: `bid < count`, so the buffer lies inside `memory`.
-        let addr = unsafe { self.memory.as_ptr().add(usize::from(bid) * self.buffer_bytes as usize) };
+        let addr = unsafe {
+            self.memory
+                .as_ptr()
+                .add(usize::from(bid) * self.buffer_bytes as usize)
+        };
         entry.set_addr(addr as u64);
         entry.set_len(self.buffer_bytes);
         entry.set_bid(bid);
@@ -112,7 +118,9 @@ impl RecvPool {
         // back; `&mut self` makes this the only view.
         unsafe {
             std::slice::from_raw_parts_mut(
-                self.memory.as_ptr().add(usize::from(bid) * self.buffer_bytes as usize),
+                self.memory
+                    .as_ptr()
+                    .add(usize::from(bid) * self.buffer_bytes as usize),
                 len as usize,
             )
         }
@@ -158,11 +166,11 @@ impl Batch {
         }
         let end = self.own.len();
         self.bytes += end - start;
-        if let Some(Seg::Own { end: last, .. }) = self.segs.last_mut() {
-            if *last == start {
-                *last = end;
-                return;
-            }
+        if let Some(Seg::Own { end: last, .. }) = self.segs.last_mut()
+            && *last == start
+        {
+            *last = end;
+            return;
         }
         self.segs.push(Seg::Own { start, end });
     }
@@ -255,7 +263,10 @@ impl SendQueue {
                 Seg::Shared(b) => b,
             };
             if !s.is_empty() {
-                self.iov.push(libc::iovec { iov_base: s.as_ptr() as *mut _, iov_len: s.len() });
+                self.iov.push(libc::iovec {
+                    iov_base: s.as_ptr() as *mut _,
+                    iov_len: s.len(),
+                });
             }
         }
         self.iov_pos = 0;
@@ -267,7 +278,10 @@ impl SendQueue {
     fn op(&mut self) -> SendOp {
         let rest = &self.iov[self.iov_pos..];
         if rest.len() == 1 {
-            return SendOp::Buf(rest[0].iov_base as *const u8, rest[0].iov_len.min(1 << 30) as u32);
+            return SendOp::Buf(
+                rest[0].iov_base as *const u8,
+                rest[0].iov_len.min(1 << 30) as u32,
+            );
         }
         self.msg.msg_iov = rest.as_ptr() as *mut libc::iovec;
         self.msg.msg_iovlen = rest.len().min(IOV_MAX);
@@ -322,6 +336,7 @@ impl SendQueue {
 
 /// Send queues not in use, kept for reuse so that steady traffic allocates nothing.
 #[derive(Default)]
+#[allow(clippy::vec_box)] // boxed: a queue's address must not change while a send is in flight
 pub struct SendPool {
     free: Vec<Box<SendQueue>>,
 }
@@ -339,7 +354,10 @@ impl SendPool {
 
     /// Gives back an empty queue.
     pub fn give_back(&mut self, mut q: Box<SendQueue>) {
-        assert!(q.is_empty(), "a send queue goes back to the pool only when empty");
+        assert!(
+            q.is_empty(),
+            "a send queue goes back to the pool only when empty"
+        );
         if self.free.len() >= POOL_KEPT_MAX {
             return;
         }

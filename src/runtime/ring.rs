@@ -67,11 +67,17 @@ fn user_data(tag: Tag, key: Key) -> u64 {
 
 fn split_user_data(ud: u64) -> (Option<Tag>, Key) {
     let tag = Tag::from_u8((ud >> 56) as u8);
-    let key = Key { index: ud as u32, generation: (ud >> 32) as u32 & GENERATION_MASK };
+    let key = Key {
+        index: ud as u32,
+        generation: (ud >> 32) as u32 & GENERATION_MASK,
+    };
     (tag, key)
 }
 
-const NO_KEY: Key = Key { index: 0, generation: 0 };
+const NO_KEY: Key = Key {
+    index: 0,
+    generation: 0,
+};
 
 /// TCP_NODELAY's value, for the SetSockOpt command (must outlive the operation: it is static).
 static ONE: libc::c_int = 1;
@@ -86,9 +92,18 @@ pub enum Op {
     /// Multishot receive into buffers of the provided-buffer group.
     Recv { key: Key, fd: u32, group: u16 },
     /// One send of a contiguous buffer.
-    Send { key: Key, fd: u32, buf: *const u8, len: u32 },
+    Send {
+        key: Key,
+        fd: u32,
+        buf: *const u8,
+        len: u32,
+    },
     /// One sendmsg of an iovec array (all frames queued in a turn leave in one send).
-    SendMsg { key: Key, fd: u32, msg: *const libc::msghdr },
+    SendMsg {
+        key: Key,
+        fd: u32,
+        msg: *const libc::msghdr,
+    },
     /// TCP_NODELAY on a direct descriptor (SOCKET_URING_OP_SETSOCKOPT).
     NoDelay { key: Key, fd: u32 },
     /// shutdown(SHUT_WR) (we end TCP first) or SHUT_RDWR (forced end: wakes a pending recv).
@@ -134,9 +149,9 @@ impl Op {
             Op::Shutdown { key, fd, how } => opcode::Shutdown::new(types::Fixed(fd), how)
                 .build()
                 .user_data(user_data(Tag::Shutdown, key)),
-            Op::Close { key, fd } => {
-                opcode::Close::new(types::Fixed(fd)).build().user_data(user_data(Tag::Close, key))
-            }
+            Op::Close { key, fd } => opcode::Close::new(types::Fixed(fd))
+                .build()
+                .user_data(user_data(Tag::Close, key)),
             Op::Wake { fd, buf } => opcode::Read::new(types::Fd(fd), buf.cast(), 8)
                 .build()
                 .user_data(user_data(Tag::Wake, NO_KEY)),
@@ -186,12 +201,29 @@ pub enum Sent {
 /// A completion turned into what it means.
 #[derive(Debug)]
 pub enum Event {
-    Accept { result: Accepted, more: bool },
-    Recv { key: Key, result: Received, buffer: Option<u16>, more: bool },
-    Send { key: Key, result: Sent },
-    NoDelay { key: Key },
-    Shutdown { key: Key },
-    Close { key: Key },
+    Accept {
+        result: Accepted,
+        more: bool,
+    },
+    Recv {
+        key: Key,
+        result: Received,
+        buffer: Option<u16>,
+        more: bool,
+    },
+    Send {
+        key: Key,
+        result: Sent,
+    },
+    NoDelay {
+        key: Key,
+    },
+    Shutdown {
+        key: Key,
+    },
+    Close {
+        key: Key,
+    },
     Wake,
     CancelAccept,
 }
@@ -221,8 +253,13 @@ impl Completion {
                     // Cancelled at shutdown.
                     libc::ECANCELED => Accepted::Canceled,
                     // The peer aborted, or a short kernel memory/buffer shortage: keep accepting.
-                    libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::ENOBUFS
-                    | libc::ENOMEM | libc::EPROTO | libc::EPERM => Accepted::Transient,
+                    libc::ECONNABORTED
+                    | libc::EINTR
+                    | libc::EAGAIN
+                    | libc::ENOBUFS
+                    | libc::ENOMEM
+                    | libc::EPROTO
+                    | libc::EPERM => Accepted::Transient,
                     errno => Accepted::Failed(io::Error::from_raw_os_error(errno)),
                 },
             },
@@ -235,7 +272,10 @@ impl Completion {
                     0 => Received::Eof,
                     // Data in the selected buffer.
                     _ if res > 0 => match cqueue::buffer_select(self.flags) {
-                        Some(bid) => Received::Data { bid, len: res as u32 },
+                        Some(bid) => Received::Data {
+                            bid,
+                            len: res as u32,
+                        },
                         // Cannot happen with buffer select; treat as a broken connection.
                         None => Received::Reset,
                     },
@@ -310,12 +350,20 @@ impl Ring {
                 Flavor::Plain => &mut b,
             };
             match b.build(entries) {
-                Ok(uring) => return Ok(Ring { uring, backlog: VecDeque::new(), flavor }),
+                Ok(uring) => {
+                    return Ok(Ring {
+                        uring,
+                        backlog: VecDeque::new(),
+                        flavor,
+                    });
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
                 Err(e) => return Err(unavailable(e)),
             }
         }
-        Err(unavailable(last.unwrap_or_else(|| io::Error::other("no ring"))))
+        Err(unavailable(
+            last.unwrap_or_else(|| io::Error::other("no ring")),
+        ))
     }
 
     /// The submitter, for registrations.
@@ -379,7 +427,9 @@ impl Ring {
         self.drain_backlog()?;
         let res = match timeout_ms {
             Some(ms) => {
-                let ts = types::Timespec::new().sec(ms / 1000).nsec((ms % 1000) as u32 * 1_000_000);
+                let ts = types::Timespec::new()
+                    .sec(ms / 1000)
+                    .nsec((ms % 1000) as u32 * 1_000_000);
                 let args = types::SubmitArgs::new().timespec(&ts);
                 self.uring.submitter().submit_with_args(1, &args)
             }
@@ -388,8 +438,11 @@ impl Ring {
         match res {
             Ok(_) => {}
             // Timed out, interrupted, or the CQ is full (reap and come back): all fine.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {
-            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
             Err(e) => return Err(e),
         }
         out.clear();
@@ -416,9 +469,11 @@ mod tests {
 
     #[test]
     fn user_data_round_trips() {
-        for (tag, index, generation) in
-            [(Tag::Recv, 0, 0), (Tag::Send, 19_999, GENERATION_MASK), (Tag::Close, u32::MAX, 7)]
-        {
+        for (tag, index, generation) in [
+            (Tag::Recv, 0, 0),
+            (Tag::Send, 19_999, GENERATION_MASK),
+            (Tag::Close, u32::MAX, 7),
+        ] {
             let ud = user_data(tag, Key { index, generation });
             let (t, k) = split_user_data(ud);
             assert_eq!(t, Some(tag));
@@ -429,15 +484,51 @@ mod tests {
 
     #[test]
     fn recv_errnos_are_named() {
-        let ud = user_data(Tag::Recv, Key { index: 3, generation: 1 });
-        let ev = |result, flags| Completion { user_data: ud, result, flags }.event().unwrap();
-        assert!(matches!(ev(0, 0), Event::Recv { result: Received::Eof, .. }));
-        assert!(matches!(ev(-libc::ENOBUFS, 0), Event::Recv { result: Received::NoBuffers, .. }));
-        assert!(matches!(ev(-libc::ECONNRESET, 0), Event::Recv { result: Received::Reset, .. }));
+        let ud = user_data(
+            Tag::Recv,
+            Key {
+                index: 3,
+                generation: 1,
+            },
+        );
+        let ev = |result, flags| {
+            Completion {
+                user_data: ud,
+                result,
+                flags,
+            }
+            .event()
+            .unwrap()
+        };
+        assert!(matches!(
+            ev(0, 0),
+            Event::Recv {
+                result: Received::Eof,
+                ..
+            }
+        ));
+        assert!(matches!(
+            ev(-libc::ENOBUFS, 0),
+            Event::Recv {
+                result: Received::NoBuffers,
+                ..
+            }
+        ));
+        assert!(matches!(
+            ev(-libc::ECONNRESET, 0),
+            Event::Recv {
+                result: Received::Reset,
+                ..
+            }
+        ));
         // IORING_CQE_F_BUFFER is bit 0; the buffer id is in the top 16 bits.
         let flags = 1 | (5 << 16);
         match ev(10, flags) {
-            Event::Recv { result: Received::Data { bid, len }, key, .. } => {
+            Event::Recv {
+                result: Received::Data { bid, len },
+                key,
+                ..
+            } => {
                 assert_eq!((bid, len, key.index, key.generation), (5, 10, 3, 1));
             }
             other => panic!("{other:?}"),

@@ -137,7 +137,10 @@ pub struct Slots {
 
 impl Slots {
     pub fn new() -> Slots {
-        Slots { slab: Slab::new(), next_generation: 1 }
+        Slots {
+            slab: Slab::new(),
+            next_generation: 1,
+        }
     }
 
     /// Takes a slot for a freshly accepted descriptor.
@@ -161,18 +164,27 @@ impl Slots {
         };
         let index = self.slab.insert(Slot { core, st });
         assert!(index < 1 << 24, "slot index beyond the 24 bits of a ConnId");
-        Key { index: index as u32, generation }
+        Key {
+            index: index as u32,
+            generation,
+        }
     }
 
     /// The slot named by `key`, if it still holds that occupant.
     pub fn get(&mut self, key: Key) -> Option<&mut Slot> {
-        self.slab.get_mut(key.index as usize).filter(|s| s.st.generation == key.generation)
+        self.slab
+            .get_mut(key.index as usize)
+            .filter(|s| s.st.generation == key.generation)
     }
 
     /// Frees a slot: only when Closed with nothing in flight and nothing borrowed.
     pub fn remove(&mut self, key: Key) -> Slot {
         let s = self.get(key).expect("freeing a slot that is not there");
-        assert_eq!(s.st.phase, Phase::Closed, "freeing a slot that is not Closed");
+        assert_eq!(
+            s.st.phase,
+            Phase::Closed,
+            "freeing a slot that is not Closed"
+        );
         assert_eq!(s.st.ops, 0, "freeing a slot with operations in flight");
         assert!(s.st.timer.is_none(), "freeing a slot with a timer armed");
         self.slab.remove(key.index as usize)
@@ -189,9 +201,10 @@ impl Slots {
     /// Keys of every slot (for shutdown and broadcast).
     pub fn keys(&self, out: &mut Vec<Key>) {
         out.clear();
-        out.extend(
-            self.slab.iter().map(|(i, s)| Key { index: i as u32, generation: s.st.generation }),
-        );
+        out.extend(self.slab.iter().map(|(i, s)| Key {
+            index: i as u32,
+            generation: s.st.generation,
+        }));
     }
 }
 
@@ -220,7 +233,10 @@ mod tests {
         slots.remove(a);
         let b = slots.insert(5, core(), 0);
         assert_eq!(a.index, b.index, "the slot is reused");
-        assert!(slots.get(a).is_none(), "the old generation no longer matches");
+        assert!(
+            slots.get(a).is_none(),
+            "the old generation no longer matches"
+        );
         assert!(slots.get(b).is_some());
     }
 

@@ -19,7 +19,11 @@ impl MinusOne for isize {
 
 /// Turns a libc return value into `io::Result`: -1 becomes `io::Error::last_os_error()`.
 pub fn cvt<T: MinusOne>(res: T) -> io::Result<T> {
-    if res == T::MINUS_ONE { Err(io::Error::last_os_error()) } else { Ok(res) }
+    if res == T::MINUS_ONE {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(res)
+    }
 }
 
 /// `syscall!(fn(args…))` calls `libc::fn(args…)` and turns -1 into `io::Error`.
@@ -54,7 +58,9 @@ fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
@@ -66,7 +72,9 @@ fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
@@ -93,7 +101,11 @@ pub fn listener(addr: SocketAddr, backlog: u32) -> io::Result<OwnedFd> {
     set_int_option(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY)?;
     let (storage, len) = sockaddr_of(addr);
     // `storage` holds a sockaddr of `len` bytes and lives across the call.
-    syscall!(bind(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len))?;
+    syscall!(bind(
+        fd.as_raw_fd(),
+        (&storage as *const libc::sockaddr_storage).cast(),
+        len
+    ))?;
     let backlog = backlog.min(libc::c_int::MAX as u32) as libc::c_int;
     // Plain integer arguments on a socket we own.
     syscall!(listen(fd.as_raw_fd(), backlog))?;
@@ -106,7 +118,11 @@ pub fn local_port(fd: RawFd) -> io::Result<u16> {
     let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // `storage` and `len` are live and `len` holds the size of `storage`.
-    syscall!(getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len))?;
+    syscall!(getsockname(
+        fd,
+        (&mut storage as *mut libc::sockaddr_storage).cast(),
+        &mut len
+    ))?;
     let port = match storage.ss_family as libc::c_int {
         // SAFETY: the family says the storage holds a sockaddr_in.
         libc::AF_INET => unsafe { (*(&storage as *const _ as *const libc::sockaddr_in)).sin_port },
@@ -129,12 +145,19 @@ pub fn eventfd_wake(fd: RawFd) {
     let one: u64 = 1;
     // `one` is a live u64 and its exact size is passed. EAGAIN (counter saturated) means a wake
     // is already pending, so the error is ignored.
-    let _ = syscall!(write(fd, (&one as *const u64).cast(), mem::size_of::<u64>()));
+    let _ = syscall!(write(
+        fd,
+        (&one as *const u64).cast(),
+        mem::size_of::<u64>()
+    ));
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit and checks that `needed` descriptors fit.
 pub fn ensure_nofile(needed: u64) -> io::Result<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // `lim` is a live rlimit.
     syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
     if lim.rlim_cur < lim.rlim_max {
@@ -170,7 +193,11 @@ pub fn block_shutdown_signals() -> io::Result<()> {
     let set = shutdown_signals();
     // SAFETY: `set` is a valid, initialised sigset_t; the old mask is not wanted.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 { Err(io::Error::from_raw_os_error(rc)) } else { Ok(()) }
+    if rc != 0 {
+        Err(io::Error::from_raw_os_error(rc))
+    } else {
+        Ok(())
+    }
 }
 
 /// Waits for SIGINT or SIGTERM (which must be blocked) and returns its number.
@@ -179,12 +206,19 @@ pub fn wait_signal() -> io::Result<libc::c_int> {
     let mut sig: libc::c_int = 0;
     // SAFETY: `set` is initialised and `sig` is a live c_int.
     let rc = unsafe { libc::sigwait(&set, &mut sig) };
-    if rc != 0 { Err(io::Error::from_raw_os_error(rc)) } else { Ok(sig) }
+    if rc != 0 {
+        Err(io::Error::from_raw_os_error(rc))
+    } else {
+        Ok(sig)
+    }
 }
 
 /// Milliseconds on the monotonic clock (CLOCK_MONOTONIC).
 pub fn now_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // `ts` is a live timespec; CLOCK_MONOTONIC always exists on Linux.
     let _ = syscall!(clock_gettime(libc::CLOCK_MONOTONIC, &mut ts));
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000

@@ -24,8 +24,9 @@ use super::ring::{Accepted, Completion, Event, Key, Op, Received, Ring, Sent};
 use super::slots::{ConnState, Phase, Slot, Slots, TimerKind, flag};
 use super::sys;
 use crate::config::{BackpressurePolicy, Config};
-use crate::handler::{Backpressure, Conn, ConnId, ConnOps, Handler, Mail, Message, OpenDecision,
-    Publisher};
+use crate::handler::{
+    Backpressure, Conn, ConnId, ConnOps, Handler, Mail, Message, OpenDecision, Publisher,
+};
 use crate::metrics::{Metrics, WorkerMetrics, add, dec};
 use crate::proto::connection::{Connection, Limits, MessageKind, Role, Sink, State};
 use crate::proto::error::close_code;
@@ -122,7 +123,10 @@ impl Ctx<'_> {
     }
 
     fn push_frame(&mut self, frame: &[u8]) {
-        if frame.first().is_some_and(|b| b & 0x0f == OpCode::Close as u8) {
+        if frame
+            .first()
+            .is_some_and(|b| b & 0x0f == OpCode::Close as u8)
+        {
             self.st.set(flag::CLOSE_SENT);
         }
         self.push_control(frame);
@@ -163,7 +167,9 @@ impl Ctx<'_> {
             }
         }
         self.st.set(flag::WANT_DRAIN);
-        self.sh.deferred.push_back(Deferred::Backpressure(self.key, queued, what));
+        self.sh
+            .deferred
+            .push_back(Deferred::Backpressure(self.key, queued, what));
     }
 
     fn push_shared(&mut self, frame: Bytes) -> bool {
@@ -191,7 +197,9 @@ impl ConnOps for Ctx<'_> {
     }
 
     fn close(&mut self, code: u16, reason: &str) {
-        self.sh.deferred.push_back(Deferred::Close(self.key, code, reason.into()));
+        self.sh
+            .deferred
+            .push_back(Deferred::Close(self.key, code, reason.into()));
     }
 
     fn subscribe(&mut self, topic: &str) {
@@ -200,12 +208,20 @@ impl ConnOps for Ctx<'_> {
             return;
         }
         list.push(topic.into());
-        self.sh.topics.entry(topic.into()).or_default().push(self.key);
+        self.sh
+            .topics
+            .entry(topic.into())
+            .or_default()
+            .push(self.key);
     }
 
     fn unsubscribe(&mut self, topic: &str) {
-        let Some(list) = self.st.topics.as_mut() else { return };
-        let Some(i) = list.iter().position(|t| &**t == topic) else { return };
+        let Some(list) = self.st.topics.as_mut() else {
+            return;
+        };
+        let Some(i) = list.iter().position(|t| &**t == topic) else {
+            return;
+        };
         list.swap_remove(i);
         if list.is_empty() {
             self.st.topics = None;
@@ -215,13 +231,19 @@ impl ConnOps for Ctx<'_> {
 
     fn publish(&mut self, topic: &str, frame: Bytes) {
         let worker = usize::from(self.sh.worker);
-        self.sh.publisher.publish_frame(topic, frame.clone(), Some(worker));
-        self.sh.deferred.push_back(Deferred::Publish(Arc::from(topic), frame));
+        self.sh
+            .publisher
+            .publish_frame(topic, frame.clone(), Some(worker));
+        self.sh
+            .deferred
+            .push_back(Deferred::Publish(Arc::from(topic), frame));
     }
 
     fn broadcast(&mut self, frame: Bytes) {
         let worker = usize::from(self.sh.worker);
-        self.sh.publisher.broadcast_frame(frame.clone(), Some(worker));
+        self.sh
+            .publisher
+            .broadcast_frame(frame.clone(), Some(worker));
         self.sh.deferred.push_back(Deferred::Broadcast(frame));
     }
 
@@ -264,7 +286,8 @@ impl<H: Handler> Sink for RecvSink<'_, H> {
             MessageKind::Binary => Message::Binary(payload),
         };
         let id = self.ctx.sh.id(self.ctx.key);
-        self.handler.on_message(&mut Conn::new(id, &mut self.ctx), msg);
+        self.handler
+            .on_message(&mut Conn::new(id, &mut self.ctx), msg);
     }
 
     fn close(&mut self, code: u16, reason: &str) {
@@ -326,13 +349,25 @@ fn token(key: Key) -> u64 {
 }
 
 fn key_of(token: u64) -> Key {
-    Key { index: token as u32, generation: (token >> 32) as u32 }
+    Key {
+        index: token as u32,
+        generation: (token >> 32) as u32,
+    }
 }
 
 impl<H: Handler> Engine<H> {
     fn ctx(&mut self, key: Key, can_send: bool) -> Option<(Ctx<'_>, &mut Connection, &mut H)> {
         let Slot { core, st } = self.slots.get(key)?;
-        Some((Ctx { key, st, sh: &mut self.sh, can_send }, core, &mut self.handler))
+        Some((
+            Ctx {
+                key,
+                st,
+                sh: &mut self.sh,
+                can_send,
+            },
+            core,
+            &mut self.handler,
+        ))
     }
 
     // ----- phases and gauges ---------------------------------------------------------------
@@ -348,7 +383,9 @@ impl<H: Handler> Engine<H> {
     }
 
     fn move_to(&mut self, key: Key, to: Phase) {
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         let from = slot.st.phase;
         slot.st.set_phase(to);
         if from == Phase::Handshaking {
@@ -365,7 +402,9 @@ impl<H: Handler> Engine<H> {
     // ----- timers --------------------------------------------------------------------------
 
     fn arm(&mut self, key: Key, kind: TimerKind, deadline_ms: u64) {
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         if let Some(id) = slot.st.timer.take() {
             self.wheel.cancel(id);
         }
@@ -386,10 +425,13 @@ impl<H: Handler> Engine<H> {
     fn fire_timers(&mut self) {
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
-        self.wheel.advance(self.now_ms, &mut |id, t| fired.push((id, t)));
+        self.wheel
+            .advance(self.now_ms, &mut |id, t| fired.push((id, t)));
         for &(id, t) in &fired {
             let key = key_of(t);
-            let Some(slot) = self.slots.get(key) else { continue };
+            let Some(slot) = self.slots.get(key) else {
+                continue;
+            };
             if slot.st.timer != Some(id) {
                 continue;
             }
@@ -400,7 +442,9 @@ impl<H: Handler> Engine<H> {
     }
 
     fn on_timer(&mut self, key: Key) {
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         let (phase, kind) = (slot.st.phase, slot.st.timer_kind);
         let (idle_since, awaiting) = (slot.st.last_recv_ms, slot.st.has(flag::AWAIT_PONG));
         match (phase, kind) {
@@ -419,7 +463,9 @@ impl<H: Handler> Engine<H> {
         if due > self.now_ms {
             return self.arm(key, TimerKind::Idle, due);
         }
-        let Some((ctx, core, _)) = self.ctx(key, true) else { return };
+        let Some((ctx, core, _)) = self.ctx(key, true) else {
+            return;
+        };
         ctx.st.set(flag::AWAIT_PONG);
         core.ping(b"", &mut CtlSink(ctx));
         self.arm(key, TimerKind::Pong, self.now_ms + self.cfg.pong_timeout_ms);
@@ -449,10 +495,19 @@ impl<H: Handler> Engine<H> {
         self.handshaking += 1;
         let core = Connection::new(Role::Server, self.limits, self.next_seed());
         let key = self.slots.insert(fd, core, self.now_ms);
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         let st = &mut slot.st;
         self.sh.submit(st, Op::NoDelay { key, fd });
-        self.sh.submit(st, Op::Recv { key, fd, group: RECV_GROUP });
+        self.sh.submit(
+            st,
+            Op::Recv {
+                key,
+                fd,
+                group: RECV_GROUP,
+            },
+        );
         st.set(flag::RECV_ARMED);
         let over_limit = self.slots.len() > self.cfg.connections_per_worker_max as usize
             || self.handshaking > self.cfg.handshakes_pending_per_worker_max;
@@ -461,7 +516,11 @@ impl<H: Handler> Engine<H> {
         } else if over_limit {
             self.http_answer(key, 503, b"server busy, try again later");
         } else {
-            self.arm(key, TimerKind::Handshake, self.now_ms + self.cfg.handshake_timeout_ms);
+            self.arm(
+                key,
+                TimerKind::Handshake,
+                self.now_ms + self.cfg.handshake_timeout_ms,
+            );
         }
     }
 
@@ -478,7 +537,9 @@ impl<H: Handler> Engine<H> {
     /// Bytes arrived in a provided buffer; parsed in place, given back by the caller after.
     fn on_data(&mut self, key: Key, buf: &mut [u8]) {
         add(&self.sh.metrics.bytes_received, buf.len() as u64);
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         slot.st.last_recv_ms = self.now_ms;
         slot.st.clear(flag::AWAIT_PONG);
         match slot.st.phase {
@@ -490,7 +551,9 @@ impl<H: Handler> Engine<H> {
     }
 
     fn on_recv_end(&mut self, key: Key, result: Received, more: bool) {
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         let st = &mut slot.st;
         match result {
             Received::Data { .. } => {}
@@ -506,10 +569,10 @@ impl<H: Handler> Engine<H> {
             }
         }
         self.sh.touch(key, st);
-        if st.has(flag::SEND_DEAD) {
-            if let Some(q) = st.send.as_mut() {
-                q.discard_queued();
-            }
+        if st.has(flag::SEND_DEAD)
+            && let Some(q) = st.send.as_mut()
+        {
+            q.discard_queued();
         }
         if st.has(flag::PEER_DONE) && matches!(st.phase, Phase::Handshaking | Phase::Open) {
             slot.core.transport_closed();
@@ -518,7 +581,9 @@ impl<H: Handler> Engine<H> {
     }
 
     fn on_frame_bytes(&mut self, key: Key, buf: &mut [u8]) {
-        let Some((ctx, core, handler)) = self.ctx(key, true) else { return };
+        let Some((ctx, core, handler)) = self.ctx(key, true) else {
+            return;
+        };
         let mut sink = RecvSink { handler, ctx };
         if let Err(e) = core.receive(buf, &mut sink) {
             let st = &mut sink.ctx.st;
@@ -532,15 +597,19 @@ impl<H: Handler> Engine<H> {
 
     /// Follows the protocol core's state: Closing arms the close timer, Closed ends TCP.
     fn after_core(&mut self, key: Key) {
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         if slot.st.phase != Phase::Open {
             return;
         }
         match slot.core.state() {
             State::Open => {}
-            State::Closing if slot.st.timer_kind != TimerKind::Close => {
-                self.arm(key, TimerKind::Close, self.now_ms + self.cfg.close_timeout_ms)
-            }
+            State::Closing if slot.st.timer_kind != TimerKind::Close => self.arm(
+                key,
+                TimerKind::Close,
+                self.now_ms + self.cfg.close_timeout_ms,
+            ),
             State::Closing => {}
             State::Closed => self.end_tcp(key),
         }
@@ -549,21 +618,23 @@ impl<H: Handler> Engine<H> {
     // ----- handshake -----------------------------------------------------------------------
 
     fn on_handshake_bytes(&mut self, key: Key, buf: &mut [u8]) {
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         match slot.st.spill.take() {
             None => {
-                if !self.try_upgrade(key, buf) {
-                    if let Some(slot) = self.slots.get(key) {
-                        slot.st.spill = Some(Box::new(buf.to_vec()));
-                    }
+                if !self.try_upgrade(key, buf)
+                    && let Some(slot) = self.slots.get(key)
+                {
+                    slot.st.spill = Some(Box::new(buf.to_vec()));
                 }
             }
             Some(mut spill) => {
                 spill.extend_from_slice(buf);
-                if !self.try_upgrade(key, &mut spill[..]) {
-                    if let Some(slot) = self.slots.get(key) {
-                        slot.st.spill = Some(spill);
-                    }
+                if !self.try_upgrade(key, &mut spill[..])
+                    && let Some(slot) = self.slots.get(key)
+                {
+                    slot.st.spill = Some(spill);
                 }
             }
         }
@@ -598,7 +669,9 @@ impl<H: Handler> Engine<H> {
     fn origin_allowed(&self, req: &Request<'_>) -> bool {
         let allowed = &self.cfg.origins_allowed;
         allowed.is_empty()
-            || req.origin.is_some_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
+            || req
+                .origin
+                .is_some_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
     }
 
     /// Asks the handler, then queues the 101. False if the request was refused.
@@ -607,7 +680,9 @@ impl<H: Handler> Engine<H> {
             self.http_answer(key, 403, b"origin not allowed");
             return false;
         }
-        let Some((mut ctx, _, handler)) = self.ctx(key, false) else { return false };
+        let Some((mut ctx, _, handler)) = self.ctx(key, false) else {
+            return false;
+        };
         let id = ctx.sh.id(key);
         let decision = handler.on_open(&mut Conn::new(id, &mut ctx), req);
         let protocol = match decision {
@@ -625,7 +700,11 @@ impl<H: Handler> Engine<H> {
         ctx.push_control(&out[..n]);
         ctx.st.set(flag::OPENED);
         self.move_to(key, Phase::Open);
-        self.arm(key, TimerKind::Idle, self.now_ms + self.cfg.ping_interval_ms);
+        self.arm(
+            key,
+            TimerKind::Idle,
+            self.now_ms + self.cfg.ping_interval_ms,
+        );
         true
     }
 
@@ -664,7 +743,9 @@ impl<H: Handler> Engine<H> {
 
     /// Reports the close to the handler, once.
     fn report(&mut self, key: Key) {
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         let st = &mut slot.st;
         if !st.has(flag::OPENED) || st.has(flag::REPORTED) {
             return;
@@ -674,20 +755,27 @@ impl<H: Handler> Engine<H> {
         let reason = st.close_reason.take();
         self.sh.metrics.close(code);
         let id = self.sh.id(key);
-        self.handler.on_close(id, code, reason.as_deref().unwrap_or(""));
+        self.handler
+            .on_close(id, code, reason.as_deref().unwrap_or(""));
     }
 
     /// The WebSocket is over (or never was): end TCP, server first — flush, shutdown(SHUT_WR),
     /// read until EOF, close — within the close timeout.
     fn end_tcp(&mut self, key: Key) {
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         if !matches!(slot.st.phase, Phase::Handshaking | Phase::Open) {
             return;
         }
         slot.core.transport_closed();
         self.move_to(key, Phase::Closing);
         self.report(key);
-        self.arm(key, TimerKind::Close, self.now_ms + self.cfg.close_timeout_ms);
+        self.arm(
+            key,
+            TimerKind::Close,
+            self.now_ms + self.cfg.close_timeout_ms,
+        );
         if let Some(slot) = self.slots.get(key) {
             self.sh.touch(key, &mut slot.st);
         }
@@ -696,7 +784,9 @@ impl<H: Handler> Engine<H> {
     /// Ends TCP now: shutdown(SHUT_RDWR) wakes any pending receive or send, then Close.
     fn force_close(&mut self, key: Key) {
         self.end_tcp(key);
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         let st = &mut slot.st;
         if st.phase == Phase::Closed || st.has(flag::FORCED) {
             return;
@@ -706,12 +796,21 @@ impl<H: Handler> Engine<H> {
             q.discard_queued();
         }
         let fd = st.fd;
-        self.sh.submit(st, Op::Shutdown { key, fd, how: libc::SHUT_RDWR });
+        self.sh.submit(
+            st,
+            Op::Shutdown {
+                key,
+                fd,
+                how: libc::SHUT_RDWR,
+            },
+        );
     }
 
     /// Moves a Closing connection along once its sends are done.
     fn drive_close(&mut self, key: Key) {
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         let st = &mut slot.st;
         if st.phase != Phase::Closing || st.has(flag::FORCED) {
             return;
@@ -726,7 +825,14 @@ impl<H: Handler> Engine<H> {
         if !st.has(flag::SHUT_SENT) {
             st.set(flag::SHUT_SENT);
             let fd = st.fd;
-            self.sh.submit(st, Op::Shutdown { key, fd, how: libc::SHUT_WR });
+            self.sh.submit(
+                st,
+                Op::Shutdown {
+                    key,
+                    fd,
+                    how: libc::SHUT_WR,
+                },
+            );
             return;
         }
         if st.has(flag::SHUT_DONE) && st.has(flag::PEER_DONE) {
@@ -736,7 +842,9 @@ impl<H: Handler> Engine<H> {
 
     fn submit_close(&mut self, key: Key) {
         self.disarm(key);
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         if slot.st.phase == Phase::Closed {
             return;
         }
@@ -746,7 +854,9 @@ impl<H: Handler> Engine<H> {
     }
 
     fn on_shutdown_done(&mut self, key: Key) {
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         slot.st.ops -= 1;
         slot.st.set(flag::SHUT_DONE);
         if slot.st.has(flag::FORCED) {
@@ -759,7 +869,9 @@ impl<H: Handler> Engine<H> {
     fn on_close_done(&mut self, key: Key) {
         dec(&self.sh.metrics.fixed_files);
         self.accept.paused = false;
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         slot.st.ops -= 1;
         self.sh.touch(key, &mut slot.st);
     }
@@ -767,7 +879,13 @@ impl<H: Handler> Engine<H> {
     fn free(&mut self, key: Key) {
         let mut slot = self.slots.remove(key);
         dec(&self.sh.metrics.slab_slots);
-        for topic in slot.st.topics.take().into_iter().flat_map(|b| b.into_iter()) {
+        for topic in slot
+            .st
+            .topics
+            .take()
+            .into_iter()
+            .flat_map(|b| b.into_iter())
+        {
             remove_subscriber(&mut self.sh.topics, &topic, key);
         }
         if let Some(q) = slot.st.send.take() {
@@ -778,12 +896,17 @@ impl<H: Handler> Engine<H> {
     // ----- sending -------------------------------------------------------------------------
 
     fn on_sent(&mut self, key: Key, result: Sent) {
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         let st = &mut slot.st;
         st.ops -= 1;
         self.sh.touch(key, st);
         let (dead, fd) = (st.has(flag::SEND_DEAD), st.fd);
-        let q = st.send.as_mut().expect("a send completed without a send queue");
+        let q = st
+            .send
+            .as_mut()
+            .expect("a send completed without a send queue");
         match result {
             Sent::Bytes(n) => {
                 add(&self.sh.metrics.bytes_sent, u64::from(n));
@@ -808,25 +931,38 @@ impl<H: Handler> Engine<H> {
 
     /// End-of-turn work for one touched slot.
     fn settle(&mut self, key: Key) {
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         let st = &mut slot.st;
         st.clear(flag::DIRTY);
         if st.has(flag::RECV_REARM) && st.phase != Phase::Closed && !st.has(flag::PEER_DONE) {
             st.clear(flag::RECV_REARM);
             st.set(flag::RECV_ARMED);
             let fd = st.fd;
-            self.sh.submit(st, Op::Recv { key, fd, group: RECV_GROUP });
+            self.sh.submit(
+                st,
+                Op::Recv {
+                    key,
+                    fd,
+                    group: RECV_GROUP,
+                },
+            );
         }
         self.start_send(key);
         self.drive_close(key);
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         if slot.st.phase == Phase::Closed && slot.st.ops == 0 {
             self.free(key);
         }
     }
 
     fn start_send(&mut self, key: Key) {
-        let Some(slot) = self.slots.get(key) else { return };
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         let st = &mut slot.st;
         let (dead, fd) = (st.has(flag::SEND_DEAD), st.fd);
         let Some(q) = st.send.as_mut() else { return };
@@ -844,7 +980,9 @@ impl<H: Handler> Engine<H> {
         self.sh.pool.give_back(q);
         if st.has(flag::WANT_DRAIN) && !st.has(flag::OVERFLOW) && st.phase == Phase::Open {
             st.clear(flag::WANT_DRAIN);
-            let Some((mut ctx, _, handler)) = self.ctx(key, true) else { return };
+            let Some((mut ctx, _, handler)) = self.ctx(key, true) else {
+                return;
+            };
             let id = ctx.sh.id(key);
             handler.on_drain(&mut Conn::new(id, &mut ctx));
         }
@@ -863,7 +1001,9 @@ impl<H: Handler> Engine<H> {
         match d {
             Deferred::Close(key, code, reason) => self.close_ws(key, code, &reason),
             Deferred::Publish(topic, frame) => {
-                let Some(subs) = self.sh.topics.get(&*topic) else { return };
+                let Some(subs) = self.sh.topics.get(&*topic) else {
+                    return;
+                };
                 let mut keys = std::mem::take(&mut self.keys);
                 keys.clear();
                 keys.extend_from_slice(subs);
@@ -889,7 +1029,9 @@ impl<H: Handler> Engine<H> {
 
     /// Starts our close handshake (handler close, backpressure, shutdown).
     fn close_ws(&mut self, key: Key, code: u16, reason: &str) {
-        let Some((ctx, core, _)) = self.ctx(key, true) else { return };
+        let Some((ctx, core, _)) = self.ctx(key, true) else {
+            return;
+        };
         if ctx.st.phase != Phase::Open || core.state() != State::Open {
             return;
         }
@@ -903,10 +1045,18 @@ impl<H: Handler> Engine<H> {
         match mail {
             Mail::Send(id, frame) => {
                 if id.worker() == usize::from(self.sh.worker) {
-                    self.deliver(Key { index: id.index(), generation: id.generation() }, frame);
+                    self.deliver(
+                        Key {
+                            index: id.index(),
+                            generation: id.generation(),
+                        },
+                        frame,
+                    );
                 }
             }
-            Mail::Publish(topic, frame) => self.sh.deferred.push_back(Deferred::Publish(topic, frame)),
+            Mail::Publish(topic, frame) => {
+                self.sh.deferred.push_back(Deferred::Publish(topic, frame))
+            }
             Mail::Broadcast(frame) => self.sh.deferred.push_back(Deferred::Broadcast(frame)),
             Mail::Shutdown => self.begin_stop(),
         }
@@ -927,7 +1077,9 @@ impl<H: Handler> Engine<H> {
         for &k in &keys {
             match self.slots.get(k).map(|s| s.st.phase) {
                 Some(Phase::Handshaking) => self.force_close(k),
-                Some(Phase::Open) => self.close_ws(k, close_code::GOING_AWAY, "server shutting down"),
+                Some(Phase::Open) => {
+                    self.close_ws(k, close_code::GOING_AWAY, "server shutting down")
+                }
                 _ => {}
             }
         }
@@ -936,7 +1088,9 @@ impl<H: Handler> Engine<H> {
 
     /// Whether the worker may leave its loop.
     fn finished(&mut self) -> bool {
-        let Some(stop_at) = self.stop_at_ms else { return false };
+        let Some(stop_at) = self.stop_at_ms else {
+            return false;
+        };
         if self.slots.is_empty() && !self.accept.armed {
             return true;
         }
@@ -972,15 +1126,26 @@ impl<H: Handler> Engine<H> {
         let a = &self.accept;
         if !a.armed && !a.paused && self.now_ms >= a.retry_at_ms && self.stop_at_ms.is_none() {
             self.accept.armed = true;
-            self.sh.ops.push(Op::Accept { listener: self.listener.as_raw_fd() });
+            self.sh.ops.push(Op::Accept {
+                listener: self.listener.as_raw_fd(),
+            });
         }
     }
 
     /// How long the loop may sleep: until the next timer (or the stop deadline).
     fn wait_ms(&self) -> Option<u64> {
-        let stop = self.stop_at_ms.map(|s| if self.forced_all { s + STOP_GRACE_MS } else { s });
+        let stop = self.stop_at_ms.map(|s| {
+            if self.forced_all {
+                s + STOP_GRACE_MS
+            } else {
+                s
+            }
+        });
         let retry = (self.accept.retry_at_ms > self.now_ms).then_some(self.accept.retry_at_ms);
-        let next = [self.wheel.next_deadline_ms(), stop, retry].into_iter().flatten().min();
+        let next = [self.wheel.next_deadline_ms(), stop, retry]
+            .into_iter()
+            .flatten()
+            .min();
         next.map(|d| d.saturating_sub(self.now_ms).max(1))
     }
 }
@@ -1015,7 +1180,12 @@ impl<H: Handler> Worker<H> {
         ring.submitter().register_files_sparse(table).map_err(|e| {
             io::Error::new(e.kind(), format!("registering {table} fixed files: {e}"))
         })?;
-        let recv = RecvPool::new(&ring, RECV_GROUP, cfg.recv_buffers_per_worker, cfg.recv_buffer_bytes)?;
+        let recv = RecvPool::new(
+            &ring,
+            RECV_GROUP,
+            cfg.recv_buffers_per_worker,
+            cfg.recv_buffer_bytes,
+        )?;
         let now_ms = sys::now_ms();
         let sh = Shared {
             worker: setup.id,
@@ -1049,11 +1219,23 @@ impl<H: Handler> Worker<H> {
             mask_seed: now_ms | 1,
         };
         let wake_buf = Box::leak(Box::new(0u64));
-        Ok(Worker { ring, recv, eng, cqes: Vec::new(), wake_buf, mail: Vec::new() })
+        Ok(Worker {
+            ring,
+            recv,
+            eng,
+            cqes: Vec::new(),
+            wake_buf,
+            mail: Vec::new(),
+        })
     }
 
     fn arm_wake(&mut self) {
-        let fd = self.eng.sh.publisher.mailbox(usize::from(self.eng.sh.worker)).wake_fd();
+        let fd = self
+            .eng
+            .sh
+            .publisher
+            .mailbox(usize::from(self.eng.sh.worker))
+            .wake_fd();
         let buf: *mut u64 = &mut *self.wake_buf;
         self.eng.sh.ops.push(Op::Wake { fd, buf });
     }
@@ -1089,7 +1271,12 @@ impl<H: Handler> Worker<H> {
         let Some(event) = c.event() else { return };
         match event {
             Event::Accept { result, more } => self.eng.on_accept(result, more),
-            Event::Recv { key, result, buffer, more } => {
+            Event::Recv {
+                key,
+                result,
+                buffer,
+                more,
+            } => {
                 if let Received::Data { bid, len } = result {
                     // Parsed in place, then given back at once.
                     self.eng.on_data(key, self.recv.buffer(bid, len));

@@ -46,7 +46,8 @@ impl Sink for Collect {
         self.events.push_back(Event::Pong(payload.to_vec()));
     }
     fn close(&mut self, code: u16, reason: &str) {
-        self.events.push_back(Event::Close(code, reason.to_string()));
+        self.events
+            .push_back(Event::Close(code, reason.to_string()));
     }
     fn send_frame(&mut self, frame: &[u8]) {
         self.out.extend_from_slice(frame);
@@ -90,7 +91,10 @@ impl Client {
         let header_len = loop {
             let n = stream.read(&mut chunk)?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, String::from_utf8_lossy(&buf).to_string()));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    String::from_utf8_lossy(&buf).to_string(),
+                ));
             }
             buf.extend_from_slice(&chunk[..n]);
             match handshake::parse_response(&buf, &key, 8192) {
@@ -103,9 +107,18 @@ impl Client {
             }
         };
         buf.drain(..header_len);
-        let limits = Limits { frame_bytes_max: 1 << 30, message_bytes_max: 1 << 30, message_fragments_max: 1 << 20 };
+        let limits = Limits {
+            frame_bytes_max: 1 << 30,
+            message_bytes_max: 1 << 30,
+            message_fragments_max: 1 << 20,
+        };
         let core = Connection::new(Role::Client, limits, seed());
-        let mut c = Client { stream, core, sink: Collect::default(), buf: Vec::new() };
+        let mut c = Client {
+            stream,
+            core,
+            sink: Collect::default(),
+            buf: Vec::new(),
+        };
         if !buf.is_empty() {
             c.feed(&mut buf)?;
         }
@@ -144,7 +157,13 @@ impl Client {
     }
 
     /// A raw frame, masked with `mask` if given.
-    pub fn send_frame(&mut self, fin: bool, op: OpCode, payload: &[u8], mask: Option<[u8; 4]>) -> io::Result<()> {
+    pub fn send_frame(
+        &mut self,
+        fin: bool,
+        op: OpCode,
+        payload: &[u8],
+        mask: Option<[u8; 4]>,
+    ) -> io::Result<()> {
         let mut out = Vec::new();
         frame::encode_frame(&mut out, fin, op, payload, mask);
         self.stream.write_all(&out)
@@ -216,8 +235,15 @@ pub fn http(addr: SocketAddr, request: &str) -> io::Result<String> {
 /// `GET /metrics` and the value of one sample line (`name{labels}` exactly).
 pub fn metric(addr: SocketAddr, sample: &str) -> u64 {
     let text = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let line = text.lines().find(|l| l.rsplit_once(' ').is_some_and(|(n, _)| n == sample));
-    line.unwrap_or_else(|| panic!("no {sample} in {text}")).rsplit_once(' ').unwrap().1.parse().unwrap()
+    let line = text
+        .lines()
+        .find(|l| l.rsplit_once(' ').is_some_and(|(n, _)| n == sample));
+    line.unwrap_or_else(|| panic!("no {sample} in {text}"))
+        .rsplit_once(' ')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap()
 }
 
 /// A small test config: one worker, not pinned, small buffers.
@@ -232,6 +258,9 @@ pub fn test_config() -> Config {
     }
 }
 
-pub fn serve<H: Handler>(config: Config, factory: impl Fn(WorkerId) -> H + Send + Sync + 'static) -> ServerHandle {
+pub fn serve<H: Handler>(
+    config: Config,
+    factory: impl Fn(WorkerId) -> H + Send + Sync + 'static,
+) -> ServerHandle {
     ringws::start("127.0.0.1:0".parse().unwrap(), config, factory).expect("server starts")
 }
