@@ -26,7 +26,11 @@ fn connect(addr: SocketAddr) -> TcpStream {
         assert!(n > 0, "closed during handshake");
         got.extend_from_slice(&b[..n]);
     }
-    assert!(got.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&got));
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
     s
 }
 
@@ -41,7 +45,13 @@ fn idle(addr: SocketAddr, n: usize) {
 
 fn echo(addr: SocketAddr, conns: usize, size: usize, secs: u64, depth: usize) {
     let mut frame_bytes = Vec::new();
-    frame::encode_frame(&mut frame_bytes, true, OpCode::Binary, &vec![b'x'; size], Some([1, 2, 3, 4]));
+    frame::encode_frame(
+        &mut frame_bytes,
+        true,
+        OpCode::Binary,
+        &vec![b'x'; size],
+        Some([1, 2, 3, 4]),
+    );
     let batch = frame_bytes.repeat(depth);
     let echo_len = frame::header_len(size as u64, false) + size;
     let mut streams: Vec<TcpStream> = (0..conns).map(|_| connect(addr)).collect();
@@ -58,7 +68,10 @@ fn echo(addr: SocketAddr, conns: usize, size: usize, secs: u64, depth: usize) {
         msgs += (conns * depth) as u64;
     }
     let t = start.elapsed().as_secs_f64();
-    println!("{conns} conns x {size} B, depth {depth}: {msgs} echoes in {t:.2} s = {:.0} msgs/s", msgs as f64 / t);
+    println!(
+        "{conns} conns x {size} B, depth {depth}: {msgs} echoes in {t:.2} s = {:.0} msgs/s",
+        msgs as f64 / t
+    );
 }
 
 fn main() {

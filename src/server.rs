@@ -73,9 +73,8 @@ where
     if addr.port() != 0 {
         // SO_REUSEPORT would let a second server (same user) silently share the port and take
         // part of its connections: refuse a port that is already bound.
-        std::net::TcpListener::bind(addr).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-        })?;
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     }
     let first = sys::listener(addr, config.listen_backlog)?;
     let addr = SocketAddr::new(addr.ip(), sys::local_port(first.as_raw_fd())?);
