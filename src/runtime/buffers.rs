@@ -343,9 +343,9 @@ pub struct SendPool {
 }
 
 /// Queues kept in the pool at most.
-const POOL_KEPT_MAX: usize = 1024;
+const POOL_KEPT_MAX: usize = 256;
 /// A queue whose own vector grew past this is shrunk before being kept.
-const OWN_KEPT_BYTES_MAX: usize = 64 * 1024;
+const OWN_KEPT_BYTES_MAX: usize = 16 * 1024;
 
 impl SendPool {
     /// A queue for a connection that has something to send.
