@@ -43,7 +43,8 @@ impl RecvPool {
         let entries_layout =
             Layout::from_size_align(usize::from(count) * mem::size_of::<BufRingEntry>(), 4096)
                 .map_err(io::Error::other)?;
-        let memory_layout = Layout::from_size_align(usize::from(count) * buffer_bytes as usize, 64)
+        // 16-byte alignment lets the allocator hand out fresh zero pages lazily (calloc/mmap).
+        let memory_layout = Layout::from_size_align(usize::from(count) * buffer_bytes as usize, 16)
             .map_err(io::Error::other)?;
         // SAFETY: both layouts have a non-zero size (count >= 1, buffer_bytes >= 512).
         let (entries, memory) = unsafe {

@@ -215,8 +215,10 @@ pub enum Event {
         key: Key,
         result: Sent,
     },
+    /// TCP_NODELAY on an accepted socket; `ok` is false if the kernel refused it.
     NoDelay {
         key: Key,
+        ok: bool,
     },
     Shutdown {
         key: Key,
@@ -296,7 +298,7 @@ impl Completion {
                 },
             },
             // Failure only costs latency (Nagle); nothing to do either way.
-            Tag::NoDelay => Event::NoDelay { key },
+            Tag::NoDelay => Event::NoDelay { key, ok: res >= 0 },
             // ENOTCONN (peer already gone) and success end the same way: go on to Close.
             Tag::Shutdown => Event::Shutdown { key },
             // Close of a direct descriptor cannot fail in a way we could act on.

@@ -1287,7 +1287,9 @@ impl<H: Handler> Worker<H> {
                 self.eng.on_recv_end(key, result, more);
             }
             Event::Send { key, result } => self.eng.on_sent(key, result),
-            Event::NoDelay { key } => {
+            // A refused TCP_NODELAY only costs latency (the listener's setting is inherited
+            // anyway); nothing to do but count the op done.
+            Event::NoDelay { key, ok: _ } => {
                 if let Some(slot) = self.eng.slots.get(key) {
                     slot.st.ops -= 1;
                     self.eng.sh.touch(key, &mut slot.st);
