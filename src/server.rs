@@ -151,6 +151,7 @@ where
 {
     // Blocked here, so the workers (spawned after) inherit the mask and only sigwait sees them.
     sys::block_shutdown_signals()?;
+    sys::ignore_sigpipe()?;
     let handle = start(addr, config, factory)?;
     on_ready(handle.local_addr());
     sys::wait_signal()?;

@@ -98,6 +98,14 @@ pub enum Op {
         buf: *const u8,
         len: u32,
     },
+    /// One write of a run of bytes inside registered (fixed) buffer `index`.
+    SendFixed {
+        key: Key,
+        fd: u32,
+        buf: *const u8,
+        len: u32,
+        index: u16,
+    },
     /// One sendmsg of an iovec array (all frames queued in a turn leave in one send).
     SendMsg {
         key: Key,
@@ -131,6 +139,19 @@ impl Op {
                 .user_data(user_data(Tag::Recv, key)),
             Op::Send { key, fd, buf, len } => opcode::Send::new(types::Fixed(fd), buf, len)
                 .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(user_data(Tag::Send, key)),
+            // write(2) on a socket is send(2) without flags; SIGPIPE is ignored process-wide
+            // (`sys::ignore_sigpipe`) since there is no MSG_NOSIGNAL here. Offset 0: sockets
+            // refuse any other.
+            Op::SendFixed {
+                key,
+                fd,
+                buf,
+                len,
+                index,
+            } => opcode::WriteFixed::new(types::Fixed(fd), buf, len, index)
+                .offset(0)
                 .build()
                 .user_data(user_data(Tag::Send, key)),
             Op::SendMsg { key, fd, msg } => opcode::SendMsg::new(types::Fixed(fd), msg)

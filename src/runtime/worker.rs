@@ -19,7 +19,7 @@ use std::sync::mpsc::Sender;
 
 use bytes::Bytes;
 
-use super::buffers::{RecvPool, SendOp, SendQueue};
+use super::buffers::{RecvPool, SendArena, SendOp, SendPool, SendQueue};
 use super::ring::{Accepted, Completion, Event, Key, Op, Received, Ring, Sent};
 use super::slots::{ConnState, Phase, Slot, Slots, TimerKind, flag};
 use super::sys;
@@ -969,6 +969,10 @@ impl<H: Handler> Engine<H> {
         if dead {
             q.discard_queued();
         } else if let Some(op) = q.start() {
+            add(&self.sh.metrics.sends, 1);
+            if matches!(op, SendOp::Fixed(..)) {
+                add(&self.sh.metrics.sends_fixed, 1);
+            }
             let op = send_op(key, fd, op);
             self.sh.submit(st, op);
             return;
@@ -1154,7 +1158,25 @@ fn send_op(key: Key, fd: u32, op: SendOp) -> Op {
     match op {
         SendOp::Buf(buf, len) => Op::Send { key, fd, buf, len },
         SendOp::Msg(msg) => Op::SendMsg { key, fd, msg },
+        SendOp::Fixed(buf, len, index) => Op::SendFixed {
+            key,
+            fd,
+            buf,
+            len,
+            index,
+        },
     }
+}
+
+/// The worker's registered send memory; without it (e.g. RLIMIT_MEMLOCK too low) every send
+/// goes out by `send`/`sendmsg`, and the reason is said once.
+fn send_arena(ring: &Ring, cfg: &Config) -> Option<SendArena> {
+    if cfg.send_buffers_per_worker == 0 {
+        return None;
+    }
+    SendArena::new(ring, cfg.send_buffers_per_worker, cfg.send_buffer_bytes)
+        .map_err(|e| eprintln!("ringws: registered send buffers unavailable ({e}); using sendmsg"))
+        .ok()
 }
 
 fn discarded(mut q: Box<SendQueue>) -> Box<SendQueue> {
@@ -1190,7 +1212,7 @@ impl<H: Handler> Worker<H> {
         let sh = Shared {
             worker: setup.id,
             ops: Vec::new(),
-            pool: Default::default(),
+            pool: SendPool::with_arena(send_arena(&ring, &cfg)),
             topics: HashMap::new(),
             deferred: VecDeque::new(),
             dirty: Vec::new(),
