@@ -327,6 +327,9 @@ pub struct SendQueue {
     inflight_left: usize,
     msg: libc::msghdr,
     in_flight: bool,
+    /// The result of a zero-copy send, kept until its notification arrives (`u32::MAX`: the
+    /// send failed).
+    pub zc_result: Option<u32>,
 }
 
 impl Default for SendQueue {
@@ -340,6 +343,7 @@ impl Default for SendQueue {
             // SAFETY: msghdr is plain old data; all-zero (null pointers, zero lengths) is valid.
             msg: unsafe { mem::zeroed() },
             in_flight: false,
+            zc_result: None,
         }
     }
 }
@@ -358,6 +362,11 @@ impl SendQueue {
     /// Bytes not yet handed to the kernel or not yet acknowledged by it.
     pub fn bytes(&self) -> usize {
         self.inflight_left + self.queued.bytes
+    }
+
+    /// Bytes of the batch in flight not yet acknowledged.
+    pub fn inflight_bytes(&self) -> usize {
+        self.inflight_left
     }
 
     /// Whether a send is in flight.
@@ -401,6 +410,14 @@ impl SendQueue {
         self.inflight_left = self.inflight.bytes;
         self.in_flight = true;
         Some(self.op())
+    }
+
+    /// The same send as a msghdr (for a zero-copy sendmsg).
+    pub fn msg(&mut self) -> *const libc::msghdr {
+        let rest = &self.iov[self.iov_pos..];
+        self.msg.msg_iov = rest.as_ptr() as *mut libc::iovec;
+        self.msg.msg_iovlen = rest.len().min(IOV_MAX);
+        &self.msg
     }
 
     fn op(&mut self) -> SendOp {
@@ -460,6 +477,7 @@ impl SendQueue {
         self.iov_pos = 0;
         self.inflight_left = 0;
         self.in_flight = false;
+        self.zc_result = None;
     }
 
     /// Drops everything queued (not in flight), e.g. when the peer is gone.

@@ -42,6 +42,7 @@ enum Tag {
     Close = 6,
     Wake = 7,
     CancelAccept = 8,
+    SendZc = 9,
 }
 
 impl Tag {
@@ -55,6 +56,7 @@ impl Tag {
             6 => Tag::Close,
             7 => Tag::Wake,
             8 => Tag::CancelAccept,
+            9 => Tag::SendZc,
             _ => return None,
         })
     }
@@ -112,6 +114,13 @@ pub enum Op {
         fd: u32,
         msg: *const libc::msghdr,
     },
+    /// A zero-copy sendmsg (large batches only): two completions, the bytes then a
+    /// notification once the kernel no longer reads the buffers.
+    SendMsgZc {
+        key: Key,
+        fd: u32,
+        msg: *const libc::msghdr,
+    },
     /// TCP_NODELAY on a direct descriptor (SOCKET_URING_OP_SETSOCKOPT).
     NoDelay { key: Key, fd: u32 },
     /// shutdown(SHUT_WR) (we end TCP first) or SHUT_RDWR (forced end: wakes a pending recv).
@@ -158,6 +167,10 @@ impl Op {
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
                 .user_data(user_data(Tag::Send, key)),
+            Op::SendMsgZc { key, fd, msg } => opcode::SendMsgZc::new(types::Fixed(fd), msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(user_data(Tag::SendZc, key)),
             Op::NoDelay { key, fd } => opcode::SetSockOpt::new(
                 types::Fixed(fd),
                 libc::IPPROTO_TCP as u32,
@@ -235,6 +248,13 @@ pub enum Event {
     Send {
         key: Key,
         result: Sent,
+    },
+    /// A zero-copy send: the result (first completion) or the notification (`result: None`);
+    /// `more` says whether another completion follows.
+    SendZc {
+        key: Key,
+        result: Option<Sent>,
+        more: bool,
     },
     /// TCP_NODELAY on an accepted socket; `ok` is false if the kernel refused it.
     NoDelay {
@@ -316,6 +336,17 @@ impl Completion {
                     _ if res >= 0 => Sent::Bytes(res as u32),
                     // EPIPE, ECONNRESET, ECANCELED, ETIMEDOUT…: no more sends on this socket.
                     _ => Sent::PeerGone,
+                },
+            },
+            Tag::SendZc => Event::SendZc {
+                key,
+                more,
+                result: match -res {
+                    // The notification: the kernel is done with the buffers.
+                    _ if cqueue::notif(self.flags) => None,
+                    _ if res >= 0 => Some(Sent::Bytes(res as u32)),
+                    // As for Send: the socket is broken.
+                    _ => Some(Sent::PeerGone),
                 },
             },
             // Failure only costs latency (Nagle); nothing to do either way.

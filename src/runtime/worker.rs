@@ -77,6 +77,8 @@ struct Shared {
     publisher: Publisher,
     send_queue_bytes_max: usize,
     policy: BackpressurePolicy,
+    /// Batches of at least this many bytes go out with SEND_ZC (0: never).
+    zc_bytes_min: usize,
 }
 
 impl Shared {
@@ -912,7 +914,7 @@ impl<H: Handler> Engine<H> {
                 add(&self.sh.metrics.bytes_sent, u64::from(n));
                 match q.complete(n as usize) {
                     Some(op) if !dead => {
-                        let op = send_op(key, fd, op);
+                        let op = send_op(key, fd, op, q, self.sh.zc_bytes_min);
                         self.sh.submit(st, op);
                     }
                     Some(_) => q.abort(),
@@ -927,6 +929,34 @@ impl<H: Handler> Engine<H> {
                 }
             }
         }
+    }
+
+    /// A zero-copy send completion: the result is kept until the notification says the kernel
+    /// is done with the buffers; only then is the send finished.
+    fn on_sent_zc(&mut self, key: Key, result: Option<Sent>, more: bool) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let q = slot
+            .st
+            .send
+            .as_mut()
+            .expect("a send completed without a send queue");
+        let result = match result {
+            Some(r) if more => {
+                q.zc_result = Some(match r {
+                    Sent::Bytes(n) => n,
+                    Sent::PeerGone => u32::MAX,
+                });
+                return;
+            }
+            Some(r) => r,
+            None => match q.zc_result.take() {
+                Some(u32::MAX) | None => Sent::PeerGone,
+                Some(n) => Sent::Bytes(n),
+            },
+        };
+        self.on_sent(key, result);
     }
 
     /// End-of-turn work for one touched slot.
@@ -970,10 +1000,10 @@ impl<H: Handler> Engine<H> {
             q.discard_queued();
         } else if let Some(op) = q.start() {
             add(&self.sh.metrics.sends, 1);
-            if matches!(op, SendOp::Fixed(..)) {
+            let op = send_op(key, fd, op, q, self.sh.zc_bytes_min);
+            if matches!(op, Op::SendFixed { .. }) {
                 add(&self.sh.metrics.sends_fixed, 1);
             }
-            let op = send_op(key, fd, op);
             self.sh.submit(st, op);
             return;
         }
@@ -1154,7 +1184,25 @@ impl<H: Handler> Engine<H> {
     }
 }
 
-fn send_op(key: Key, fd: u32, op: SendOp) -> Op {
+/// SEND_ZC threshold from `RINGWS_SEND_ZC_MIN_BYTES` (unset or 0: off). Off by default: on
+/// loopback it measured slower than a copying send (see the engine report); it may pay on a NIC
+/// for large payloads.
+fn zc_bytes_min() -> usize {
+    std::env::var("RINGWS_SEND_ZC_MIN_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The op for the next send of a queue (zero-copy for large batches when enabled).
+fn send_op(key: Key, fd: u32, op: SendOp, q: &mut SendQueue, zc_bytes_min: usize) -> Op {
+    if zc_bytes_min > 0 && q.inflight_bytes() >= zc_bytes_min {
+        return Op::SendMsgZc {
+            key,
+            fd,
+            msg: q.msg(),
+        };
+    }
     match op {
         SendOp::Buf(buf, len) => Op::Send { key, fd, buf, len },
         SendOp::Msg(msg) => Op::SendMsg { key, fd, msg },
@@ -1221,6 +1269,7 @@ impl<H: Handler> Worker<H> {
             publisher: setup.publisher,
             send_queue_bytes_max: cfg.send_queue_bytes_max,
             policy: cfg.backpressure,
+            zc_bytes_min: zc_bytes_min(),
         };
         let eng = Engine {
             limits: Limits::from_config(&cfg),
@@ -1309,6 +1358,7 @@ impl<H: Handler> Worker<H> {
                 self.eng.on_recv_end(key, result, more);
             }
             Event::Send { key, result } => self.eng.on_sent(key, result),
+            Event::SendZc { key, result, more } => self.eng.on_sent_zc(key, result, more),
             // A refused TCP_NODELAY only costs latency (the listener's setting is inherited
             // anyway); nothing to do but count the op done.
             Event::NoDelay { key, ok: _ } => {
