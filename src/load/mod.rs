@@ -9,3 +9,4 @@ pub mod report;
 pub mod seq;
 pub mod stats;
 pub mod svg;
+pub mod run;
