@@ -17,5 +17,17 @@
 //! `proto` is the sans-IO core; `runtime` is the only module with io_uring and `unsafe`.
 
 pub mod config;
+pub mod handler;
+pub mod load;
+pub mod metrics;
+pub mod modes;
 pub mod proto;
+pub mod runtime;
+pub mod server;
 pub mod timer;
+
+pub use config::{BackpressurePolicy, Config};
+pub use handler::{
+    Backpressure, Conn, ConnId, Handler, Message, OpenDecision, Publisher, UpgradeRequest, WorkerId,
+};
+pub use server::{ServerHandle, run_until_signal, start};

@@ -1,0 +1,138 @@
+//! `ringws serve`: the server binary (echo, broadcast or pubsub).
+//!
+//! Arguments are parsed by hand: a dozen `--name value` flags do not justify a dependency.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use ringws::modes::{Broadcast, Echo, PubSub};
+use ringws::{BackpressurePolicy, Config};
+
+const USAGE: &str = "usage: ringws serve [options]
+
+  --addr IP                       listen address (default 127.0.0.1)
+  --port N                        listen port (default 9001; 0 picks a free one)
+  --workers N                     worker threads (default: number of cores)
+  --mode echo|broadcast|pubsub    what the server does with messages (default echo)
+  --no-pin                        do not pin workers to cores
+  --connections-per-worker-max N  fixed-file table size per worker
+  --handshakes-pending-max N      handshakes in progress per worker (503 past it)
+  --handshake-timeout-ms N        time to complete the upgrade request (default 10000)
+  --ping-interval-ms N            ping a connection idle this long (default 30000)
+  --pong-timeout-ms N             close a peer silent this long after a ping (default 10000)
+  --close-timeout-ms N            time for the close handshake and TCP end (default 5000)
+  --max-message-bytes N           largest message and frame (default 16 MiB)
+  --send-queue-bytes-max N        per-connection send queue limit (default 32 MiB)
+  --backpressure close|drop       past the send queue limit (default close, with 1008)
+  --origin ORIGIN                 allow this Origin (repeatable; default: any)
+  --recv-buffers N                receive buffers per worker (power of two)
+  --recv-buffer-bytes N           size of one receive buffer";
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Echo,
+    Broadcast,
+    PubSub,
+}
+
+struct Args {
+    addr: IpAddr,
+    port: u16,
+    mode: Mode,
+    config: Config,
+}
+
+fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
+    let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+    v.parse().map_err(|_| format!("{flag}: not a number: {v}"))
+}
+
+fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+    match it.next().as_deref() {
+        Some("serve") => {}
+        Some("-h" | "--help") | None => return Err(String::new()),
+        Some(other) => return Err(format!("unknown command: {other}")),
+    }
+    let mut a = Args {
+        addr: IpAddr::from([127, 0, 0, 1]),
+        port: 9001,
+        mode: Mode::Echo,
+        config: Config::default(),
+    };
+    let c = &mut a.config;
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--addr" => a.addr = num(&flag, it.next())?,
+            "--port" => a.port = num(&flag, it.next())?,
+            "--workers" => c.workers = num(&flag, it.next())?,
+            "--mode" => {
+                a.mode = match it.next().as_deref() {
+                    Some("echo") => Mode::Echo,
+                    Some("broadcast") => Mode::Broadcast,
+                    Some("pubsub") => Mode::PubSub,
+                    other => return Err(format!("--mode: echo|broadcast|pubsub, not {other:?}")),
+                }
+            }
+            "--no-pin" => c.pin_workers = false,
+            "--connections-per-worker-max" => c.connections_per_worker_max = num(&flag, it.next())?,
+            "--handshakes-pending-max" => {
+                c.handshakes_pending_per_worker_max = num(&flag, it.next())?
+            }
+            "--handshake-timeout-ms" => c.handshake_timeout_ms = num(&flag, it.next())?,
+            "--ping-interval-ms" => c.ping_interval_ms = num(&flag, it.next())?,
+            "--pong-timeout-ms" => c.pong_timeout_ms = num(&flag, it.next())?,
+            "--close-timeout-ms" => c.close_timeout_ms = num(&flag, it.next())?,
+            "--max-message-bytes" => {
+                c.message_bytes_max = num(&flag, it.next())?;
+                c.frame_bytes_max = c.message_bytes_max;
+            }
+            "--send-queue-bytes-max" => c.send_queue_bytes_max = num(&flag, it.next())?,
+            "--backpressure" => {
+                c.backpressure = match it.next().as_deref() {
+                    Some("close") => BackpressurePolicy::Close,
+                    Some("drop") => BackpressurePolicy::Drop,
+                    other => return Err(format!("--backpressure: close|drop, not {other:?}")),
+                }
+            }
+            "--origin" => c
+                .origins_allowed
+                .push(it.next().ok_or("--origin needs a value")?),
+            "--recv-buffers" => c.recv_buffers_per_worker = num(&flag, it.next())?,
+            "--recv-buffer-bytes" => c.recv_buffer_bytes = num(&flag, it.next())?,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown option: {other}")),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("ringws: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let addr = SocketAddr::new(args.addr, args.port);
+    let ready = |addr: SocketAddr| {
+        println!("listening on ws://{addr}");
+        let _ = std::io::stdout().flush();
+    };
+    let res = match args.mode {
+        Mode::Echo => ringws::run_until_signal(addr, args.config, |_| Echo, ready),
+        Mode::Broadcast => ringws::run_until_signal(addr, args.config, |_| Broadcast, ready),
+        Mode::PubSub => ringws::run_until_signal(addr, args.config, |_| PubSub, ready),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringws: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

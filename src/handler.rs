@@ -1,0 +1,367 @@
+//! The embedding API: what an application implements ([`Handler`]) and the handles it uses to
+//! send ([`Conn`] inside callbacks, [`Publisher`] from any thread). Handlers never touch the ring.
+//!
+//! One handler instance runs per worker, built on the worker's thread by a factory
+//! `Fn(WorkerId) -> H`; it needs neither `Send` nor locks.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::config::BackpressurePolicy;
+use crate::proto::connection::MessageKind;
+use crate::proto::frame::{self, OpCode};
+use crate::proto::handshake::Request;
+
+pub use crate::proto::handshake::Request as UpgradeRequest;
+
+/// Index of a worker thread (0-based).
+pub type WorkerId = usize;
+
+/// Names one connection of the server, unique while it lives (a reused slot gets a new
+/// generation). Layout: worker (16 bits) | generation (24 bits) | slot index (24 bits).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    pub(crate) fn new(worker: u16, index: u32, generation: u32) -> ConnId {
+        assert!(index < 1 << 24 && generation < 1 << 24);
+        ConnId(u64::from(worker) << 48 | u64::from(generation) << 24 | u64::from(index))
+    }
+
+    /// The worker that owns the connection.
+    pub fn worker(self) -> WorkerId {
+        (self.0 >> 48) as usize
+    }
+
+    pub(crate) fn index(self) -> u32 {
+        (self.0 & 0xff_ffff) as u32
+    }
+
+    pub(crate) fn generation(self) -> u32 {
+        ((self.0 >> 24) & 0xff_ffff) as u32
+    }
+
+    /// The id as a number (for logs and maps).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ConnId({}:{}:{})",
+            self.worker(),
+            self.index(),
+            self.generation()
+        )
+    }
+}
+
+/// A whole received message, borrowed from the receive buffer (or the reassembly buffer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
+impl<'a> Message<'a> {
+    pub(crate) fn kind(&self) -> MessageKind {
+        match self {
+            Message::Text(_) => MessageKind::Text,
+            Message::Binary(_) => MessageKind::Binary,
+        }
+    }
+
+    pub(crate) fn payload(&self) -> &'a [u8] {
+        match *self {
+            Message::Text(s) => s.as_bytes(),
+            Message::Binary(b) => b,
+        }
+    }
+}
+
+/// The answer of [`Handler::on_open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenDecision<'r> {
+    /// Upgrade, optionally naming one of the offered subprotocols.
+    Accept { protocol: Option<&'r str> },
+    /// Refuse with this HTTP status (e.g. 401, 403, 404); the connection is closed after it.
+    Reject(u16),
+}
+
+/// Why a message was not queued (see [`Handler::on_backpressure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backpressure {
+    /// The send queue was over its limit: the connection is being closed with 1008.
+    Closing,
+    /// The send queue was over its limit: this message was dropped for this connection only.
+    Dropped,
+}
+
+impl Backpressure {
+    pub(crate) fn of(policy: BackpressurePolicy) -> Backpressure {
+        match policy {
+            BackpressurePolicy::Close => Backpressure::Closing,
+            BackpressurePolicy::Drop => Backpressure::Dropped,
+        }
+    }
+}
+
+/// What an application implements. Every callback runs on the connection's worker thread.
+pub trait Handler: 'static {
+    /// A valid upgrade request arrived (Origin already checked against the allowlist). Accept it
+    /// (picking a subprotocol from `req.protocols_iter()`) or reject it with an HTTP status.
+    /// `conn` may subscribe to topics here; messages sent from `on_open` are not delivered (the
+    /// 101 answer has not gone out yet).
+    fn on_open<'r>(&mut self, conn: &mut Conn<'_>, req: &Request<'r>) -> OpenDecision<'r> {
+        let _ = (conn, req);
+        OpenDecision::Accept { protocol: None }
+    }
+
+    /// A whole message arrived.
+    fn on_message(&mut self, conn: &mut Conn<'_>, msg: Message<'_>);
+
+    /// The connection ended: the peer's close code (the code we sent if the peer never answered,
+    /// 1006 if no Close frame was exchanged at all). Called once per accepted connection.
+    fn on_close(&mut self, id: ConnId, code: u16, reason: &str) {
+        let _ = (id, code, reason);
+    }
+
+    /// The send queue emptied after it had gone over half its limit (or hit it).
+    fn on_drain(&mut self, conn: &mut Conn<'_>) {
+        let _ = conn;
+    }
+
+    /// A message could not be queued because the connection's send queue was over
+    /// `send_queue_bytes_max`; `what` says what the server did.
+    fn on_backpressure(&mut self, id: ConnId, queued_bytes: usize, what: Backpressure) {
+        let _ = (id, queued_bytes, what);
+    }
+}
+
+/// What a [`Conn`] asks of the runtime (implemented by the worker).
+pub(crate) trait ConnOps {
+    fn send(&mut self, kind: MessageKind, payload: &[u8]) -> bool;
+    fn close(&mut self, code: u16, reason: &str);
+    fn subscribe(&mut self, topic: &str);
+    fn unsubscribe(&mut self, topic: &str);
+    fn publish(&mut self, topic: &str, frame: Bytes);
+    fn broadcast(&mut self, frame: Bytes);
+    fn queued_bytes(&self) -> usize;
+    fn publisher(&self) -> &Publisher;
+}
+
+/// The connection a callback is about. Sends are queued and leave at the end of the loop turn,
+/// all in one send.
+pub struct Conn<'a> {
+    id: ConnId,
+    ops: &'a mut dyn ConnOps,
+}
+
+impl<'a> Conn<'a> {
+    pub(crate) fn new(id: ConnId, ops: &'a mut dyn ConnOps) -> Conn<'a> {
+        Conn { id, ops }
+    }
+
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Queues a text message. False if it was not queued (closing, or backpressure).
+    pub fn send_text(&mut self, text: &str) -> bool {
+        self.ops.send(MessageKind::Text, text.as_bytes())
+    }
+
+    /// Queues a binary message. False if it was not queued (closing, or backpressure).
+    pub fn send_binary(&mut self, data: &[u8]) -> bool {
+        self.ops.send(MessageKind::Binary, data)
+    }
+
+    /// Queues a message of either kind.
+    pub fn send(&mut self, msg: Message<'_>) -> bool {
+        self.ops.send(msg.kind(), msg.payload())
+    }
+
+    /// Starts the close handshake with `code` (a code valid on the wire) and `reason`.
+    pub fn close(&mut self, code: u16, reason: &str) {
+        self.ops.close(code, reason);
+    }
+
+    /// Subscribes this connection to `topic` (on its worker).
+    pub fn subscribe(&mut self, topic: &str) {
+        self.ops.subscribe(topic);
+    }
+
+    pub fn unsubscribe(&mut self, topic: &str) {
+        self.ops.unsubscribe(topic);
+    }
+
+    /// Sends `msg` to every subscriber of `topic` on every worker (this connection included if
+    /// subscribed). The frame is encoded once.
+    pub fn publish(&mut self, topic: &str, msg: Message<'_>) {
+        self.ops.publish(topic, encode_shared(msg));
+    }
+
+    /// Sends `msg` to every open connection on every worker. The frame is encoded once.
+    pub fn broadcast(&mut self, msg: Message<'_>) {
+        self.ops.broadcast(encode_shared(msg));
+    }
+
+    /// Bytes queued for this connection and not yet sent.
+    pub fn queued_bytes(&self) -> usize {
+        self.ops.queued_bytes()
+    }
+
+    /// A handle usable from any thread.
+    pub fn publisher(&self) -> Publisher {
+        self.ops.publisher().clone()
+    }
+}
+
+/// Encodes a whole server frame (unmasked) once, to be shared by reference.
+pub(crate) fn encode_shared(msg: Message<'_>) -> Bytes {
+    let opcode = match msg {
+        Message::Text(_) => OpCode::Text,
+        Message::Binary(_) => OpCode::Binary,
+    };
+    let mut out = Vec::with_capacity(msg.payload().len() + frame::HEADER_BYTES_MAX);
+    frame::encode_frame(&mut out, true, opcode, msg.payload(), None);
+    Bytes::from(out)
+}
+
+/// Work handed to a worker by other threads.
+pub(crate) enum Mail {
+    /// A frame for one connection.
+    Send(ConnId, Bytes),
+    /// A frame for every subscriber of a topic.
+    Publish(Arc<str>, Bytes),
+    /// A frame for every open connection.
+    Broadcast(Bytes),
+    /// Start the graceful shutdown.
+    Shutdown,
+}
+
+/// A worker's inbox and the eventfd that wakes its ring.
+pub(crate) struct Mailbox {
+    queue: Mutex<Vec<Mail>>,
+    wake_fd: std::os::fd::OwnedFd,
+}
+
+impl Mailbox {
+    pub(crate) fn new(wake_fd: std::os::fd::OwnedFd) -> Mailbox {
+        Mailbox {
+            queue: Mutex::new(Vec::new()),
+            wake_fd,
+        }
+    }
+
+    pub(crate) fn wake_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.wake_fd.as_raw_fd()
+    }
+
+    /// Queues mail and wakes the worker if the box was empty.
+    pub(crate) fn post(&self, mail: Mail) {
+        let was_empty = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let was_empty = q.is_empty();
+            q.push(mail);
+            was_empty
+        };
+        if was_empty {
+            crate::runtime::sys::eventfd_wake(self.wake_fd());
+        }
+    }
+
+    /// Takes everything queued (swapping with `into`, which must be empty).
+    pub(crate) fn take(&self, into: &mut Vec<Mail>) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut *q, into);
+    }
+}
+
+/// A cloneable handle to send to connections, publish to topics and broadcast, from any thread.
+/// Each call frames the message once; each worker delivers it to its own connections.
+#[derive(Clone)]
+pub struct Publisher {
+    mailboxes: Arc<[Mailbox]>,
+}
+
+impl Publisher {
+    pub(crate) fn new(mailboxes: Arc<[Mailbox]>) -> Publisher {
+        Publisher { mailboxes }
+    }
+
+    pub(crate) fn mailbox(&self, worker: WorkerId) -> &Mailbox {
+        &self.mailboxes[worker]
+    }
+
+    /// Sends `msg` to connection `id` (dropped if it is gone or closing).
+    pub fn send(&self, id: ConnId, msg: Message<'_>) {
+        if let Some(m) = self.mailboxes.get(id.worker()) {
+            m.post(Mail::Send(id, encode_shared(msg)));
+        }
+    }
+
+    /// Sends `msg` to every subscriber of `topic`.
+    pub fn publish(&self, topic: &str, msg: Message<'_>) {
+        self.publish_frame(topic, encode_shared(msg), None);
+    }
+
+    /// Sends `msg` to every open connection.
+    pub fn broadcast(&self, msg: Message<'_>) {
+        self.broadcast_frame(encode_shared(msg), None);
+    }
+
+    pub(crate) fn publish_frame(&self, topic: &str, frame: Bytes, skip: Option<WorkerId>) {
+        let topic: Arc<str> = Arc::from(topic);
+        for (i, m) in self.mailboxes.iter().enumerate() {
+            if Some(i) != skip {
+                m.post(Mail::Publish(topic.clone(), frame.clone()));
+            }
+        }
+    }
+
+    pub(crate) fn broadcast_frame(&self, frame: Bytes, skip: Option<WorkerId>) {
+        for (i, m) in self.mailboxes.iter().enumerate() {
+            if Some(i) != skip {
+                m.post(Mail::Broadcast(frame.clone()));
+            }
+        }
+    }
+
+    /// Asks every worker to shut down gracefully.
+    pub(crate) fn shutdown(&self) {
+        for m in self.mailboxes.iter() {
+            m.post(Mail::Shutdown);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_id_packs_its_parts() {
+        let id = ConnId::new(3, 19_999, (1 << 24) - 1);
+        assert_eq!(
+            (id.worker(), id.index(), id.generation()),
+            (3, 19_999, (1 << 24) - 1)
+        );
+        assert_ne!(ConnId::new(0, 1, 2), ConnId::new(0, 1, 3));
+    }
+
+    #[test]
+    fn shared_frames_are_whole_server_frames() {
+        let b = encode_shared(Message::Text("hi"));
+        assert_eq!(&b[..], &[0x81, 2, b'h', b'i']);
+        let big = vec![7u8; 300];
+        let b = encode_shared(Message::Binary(&big));
+        assert_eq!(&b[..4], &[0x82, 126, 1, 44]);
+        assert_eq!(b.len(), 304);
+    }
+}

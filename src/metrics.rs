@@ -1,0 +1,265 @@
+//! Counters: one set per worker (relaxed atomics, written only by that worker), summed when
+//! `/metrics` is rendered in the Prometheus text format.
+//!
+//! | name | type | meaning |
+//! |------|------|---------|
+//! | `ringws_connections{state}` | gauge | connections by state: `handshaking`, `open`, `closing` |
+//! | `ringws_messages_received_total` | counter | whole data messages received |
+//! | `ringws_messages_sent_total` | counter | data messages queued for sending (fanout counts each copy) |
+//! | `ringws_bytes_received_total` | counter | bytes read from sockets |
+//! | `ringws_bytes_sent_total` | counter | bytes written to sockets |
+//! | `ringws_closes_total{code}` | counter | ended WebSocket connections by reported close code |
+//! | `ringws_backpressure_drops_total` | counter | messages dropped because a send queue was full |
+//! | `ringws_backpressure_closes_total` | counter | connections closed (1008) because a send queue was full |
+//! | `ringws_http_responses_total{status}` | counter | non-101 HTTP answers (4xx, 503, 200 for /metrics) |
+//! | `ringws_fixed_files_in_use` | gauge | direct descriptors (fixed-file slots) in use |
+//! | `ringws_slab_slots` | gauge | connection slots in use in the slabs |
+//! | `ringws_workers` | gauge | worker threads |
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Close codes counted by name; anything else is counted as `other`.
+pub const CLOSE_CODES: [u16; 12] = [
+    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012,
+];
+/// HTTP statuses counted by name; anything else is counted as `other`.
+pub const HTTP_STATUSES: [u16; 10] = [200, 400, 401, 403, 404, 405, 408, 426, 431, 503];
+
+/// The counters of one worker.
+#[derive(Default)]
+pub struct WorkerMetrics {
+    pub handshaking: AtomicU64,
+    pub open: AtomicU64,
+    pub closing: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    closes: [AtomicU64; CLOSE_CODES.len() + 1],
+    http: [AtomicU64; HTTP_STATUSES.len() + 1],
+    pub backpressure_drops: AtomicU64,
+    pub backpressure_closes: AtomicU64,
+    pub fixed_files: AtomicU64,
+    pub slab_slots: AtomicU64,
+}
+
+/// Adds `n` to a counter (relaxed: only the owning worker writes).
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
+}
+
+/// Subtracts 1 from a gauge.
+pub fn dec(c: &AtomicU64) {
+    let before = c.fetch_sub(1, Relaxed);
+    debug_assert!(before > 0, "gauge went below zero");
+}
+
+impl WorkerMetrics {
+    /// Counts one ended connection under its close code.
+    pub fn close(&self, code: u16) {
+        let i = CLOSE_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(CLOSE_CODES.len());
+        add(&self.closes[i], 1);
+    }
+
+    /// Counts one non-101 HTTP answer.
+    pub fn http(&self, status: u16) {
+        let i = HTTP_STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(HTTP_STATUSES.len());
+        add(&self.http[i], 1);
+    }
+}
+
+/// The counters of all workers.
+pub struct Metrics {
+    pub workers: Vec<Arc<WorkerMetrics>>,
+}
+
+fn sum(ws: &[Arc<WorkerMetrics>], f: impl Fn(&WorkerMetrics) -> &AtomicU64) -> u64 {
+    ws.iter().map(|w| f(w).load(Relaxed)).sum()
+}
+
+fn labelled(out: &mut String, name: &str, label: &str, value: &str, n: u64) {
+    let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+impl Metrics {
+    /// A total of one counter over all workers (for tests and embedders).
+    pub fn total(&self, f: impl Fn(&WorkerMetrics) -> &AtomicU64) -> u64 {
+        sum(&self.workers, f)
+    }
+
+    /// Ended connections with close code `code` over all workers.
+    pub fn closes_with(&self, code: u16) -> u64 {
+        let i = CLOSE_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(CLOSE_CODES.len());
+        self.workers.iter().map(|w| w.closes[i].load(Relaxed)).sum()
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let ws = &self.workers;
+        let mut out = String::with_capacity(2048);
+        header(
+            &mut out,
+            "ringws_connections",
+            "gauge",
+            "Connections by state.",
+        );
+        labelled(
+            &mut out,
+            "ringws_connections",
+            "state",
+            "handshaking",
+            sum(ws, |w| &w.handshaking),
+        );
+        labelled(
+            &mut out,
+            "ringws_connections",
+            "state",
+            "open",
+            sum(ws, |w| &w.open),
+        );
+        labelled(
+            &mut out,
+            "ringws_connections",
+            "state",
+            "closing",
+            sum(ws, |w| &w.closing),
+        );
+        let counters: [(&str, &str, u64); 6] = [
+            (
+                "ringws_messages_received_total",
+                "Data messages received.",
+                sum(ws, |w| &w.messages_received),
+            ),
+            (
+                "ringws_messages_sent_total",
+                "Data messages queued for sending.",
+                sum(ws, |w| &w.messages_sent),
+            ),
+            (
+                "ringws_bytes_received_total",
+                "Bytes read from sockets.",
+                sum(ws, |w| &w.bytes_received),
+            ),
+            (
+                "ringws_bytes_sent_total",
+                "Bytes written to sockets.",
+                sum(ws, |w| &w.bytes_sent),
+            ),
+            (
+                "ringws_backpressure_drops_total",
+                "Messages dropped: send queue full.",
+                sum(ws, |w| &w.backpressure_drops),
+            ),
+            (
+                "ringws_backpressure_closes_total",
+                "Connections closed 1008: send queue full.",
+                sum(ws, |w| &w.backpressure_closes),
+            ),
+        ];
+        for (name, help, n) in counters {
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {n}");
+        }
+        header(
+            &mut out,
+            "ringws_closes_total",
+            "counter",
+            "Ended connections by close code.",
+        );
+        for (i, code) in CLOSE_CODES
+            .iter()
+            .map(|c| c.to_string())
+            .chain(["other".into()])
+            .enumerate()
+        {
+            let n: u64 = ws.iter().map(|w| w.closes[i].load(Relaxed)).sum();
+            labelled(&mut out, "ringws_closes_total", "code", &code, n);
+        }
+        header(
+            &mut out,
+            "ringws_http_responses_total",
+            "counter",
+            "Non-101 HTTP answers by status.",
+        );
+        for (i, s) in HTTP_STATUSES
+            .iter()
+            .map(|c| c.to_string())
+            .chain(["other".into()])
+            .enumerate()
+        {
+            let n: u64 = ws.iter().map(|w| w.http[i].load(Relaxed)).sum();
+            labelled(&mut out, "ringws_http_responses_total", "status", &s, n);
+        }
+        let gauges: [(&str, &str, u64); 3] = [
+            (
+                "ringws_fixed_files_in_use",
+                "Direct descriptors in use.",
+                sum(ws, |w| &w.fixed_files),
+            ),
+            (
+                "ringws_slab_slots",
+                "Connection slots in use.",
+                sum(ws, |w| &w.slab_slots),
+            ),
+            ("ringws_workers", "Worker threads.", ws.len() as u64),
+        ];
+        for (name, help, n) in gauges {
+            header(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {n}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_sums_workers() {
+        let a = Arc::new(WorkerMetrics::default());
+        let b = Arc::new(WorkerMetrics::default());
+        add(&a.open, 2);
+        add(&b.open, 3);
+        a.close(1000);
+        b.close(4321);
+        b.http(503);
+        let m = Metrics {
+            workers: vec![a, b],
+        };
+        let text = m.render();
+        assert!(
+            text.contains("ringws_connections{state=\"open\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringws_closes_total{code=\"1000\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringws_closes_total{code=\"other\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringws_http_responses_total{status=\"503\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("ringws_workers 2\n"), "{text}");
+        assert_eq!(m.closes_with(1000), 1);
+    }
+}

@@ -1,0 +1,429 @@
+//! Buffers that the kernel reads from or writes into.
+//!
+//! - [`RecvPool`]: a provided-buffer ring. All receive buffers are allocated once, up front; the
+//!   kernel picks one per multishot-recv completion, the worker parses it in place and gives it
+//!   back at once. A connection holds no receive buffer between completions.
+//! - [`SendQueue`]: a connection's outgoing bytes, borrowed from a per-worker [`SendPool`] only
+//!   while something is queued or in flight. Own frames (echo, pongs, closes) are copied into a
+//!   reused byte vector; shared frames (broadcast, publish) are `Bytes` encoded once and sent to
+//!   every subscriber by reference. Everything queued in one loop turn leaves in one `sendmsg`
+//!   (an iovec per segment); at most one send per connection is in flight, which keeps order.
+
+use std::alloc::{self, Layout};
+use std::io;
+use std::mem;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use bytes::Bytes;
+use io_uring::types::BufRingEntry;
+
+use super::ring::Ring;
+
+/// Most iovecs in one sendmsg (IOV_MAX); the rest leave in the next send.
+const IOV_MAX: usize = 1024;
+
+/// A provided-buffer ring registered with the kernel as one buffer group.
+pub struct RecvPool {
+    entries: NonNull<BufRingEntry>,
+    entries_layout: Layout,
+    memory: NonNull<u8>,
+    memory_layout: Layout,
+    buffer_bytes: u32,
+    count: u16,
+    tail: u16,
+    pub group: u16,
+}
+
+impl RecvPool {
+    /// Allocates `count` buffers of `buffer_bytes` (count a power of two) and registers them as
+    /// buffer group `group` of `ring`.
+    pub fn new(ring: &Ring, group: u16, count: u16, buffer_bytes: u32) -> io::Result<RecvPool> {
+        assert!(count.is_power_of_two() && count <= 1 << 15);
+        let entries_layout =
+            Layout::from_size_align(usize::from(count) * mem::size_of::<BufRingEntry>(), 4096)
+                .map_err(io::Error::other)?;
+        let memory_layout = Layout::from_size_align(usize::from(count) * buffer_bytes as usize, 64)
+            .map_err(io::Error::other)?;
+        // SAFETY: both layouts have a non-zero size (count >= 1, buffer_bytes >= 512).
+        let (entries, memory) = unsafe {
+            (
+                alloc::alloc_zeroed(entries_layout),
+                alloc::alloc_zeroed(memory_layout),
+            )
+        };
+        let (Some(entries), Some(memory)) = (NonNull::new(entries), NonNull::new(memory)) else {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        };
+        let mut pool = RecvPool {
+            entries: entries.cast(),
+            entries_layout,
+            memory,
+            memory_layout,
+            buffer_bytes,
+            count,
+            tail: 0,
+            group,
+        };
+        // SAFETY: the entry array is page aligned, `count` entries long, and lives until `pool`
+        // is dropped; the worker drops the pool only after the ring is quiescent or gone.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                pool.entries.as_ptr() as u64,
+                count,
+                group,
+                0,
+            )?;
+        }
+        for bid in 0..count {
+            pool.put(bid);
+        }
+        pool.publish_tail();
+        Ok(pool)
+    }
+
+    /// Writes buffer `bid` into the next ring entry (not yet visible to the kernel).
+    fn put(&mut self, bid: u16) {
+        assert!(bid < self.count);
+        let slot = usize::from(self.tail & (self.count - 1));
+        // SAFETY: `slot < count`, so the entry is inside the allocation; the kernel only reads
+        // entries before the published tail, and this one is at or after it.
+        let entry = unsafe { &mut *self.entries.as_ptr().add(slot) };
+        // SAFETY: `bid < count`, so the buffer lies inside `memory`.
+        let addr = unsafe {
+            self.memory
+                .as_ptr()
+                .add(usize::from(bid) * self.buffer_bytes as usize)
+        };
+        entry.set_addr(addr as u64);
+        entry.set_len(self.buffer_bytes);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes the entries written so far visible to the kernel.
+    fn publish_tail(&self) {
+        // SAFETY: `entries` is the base of the registered ring and its entries are initialised.
+        let tail = unsafe { BufRingEntry::tail(self.entries.as_ptr()) };
+        // SAFETY: the tail field is a naturally aligned u16 shared with the kernel, which only
+        // reads it; an atomic view with Release orders the entry writes before it.
+        unsafe { (*(tail as *const AtomicU16)).store(self.tail, Ordering::Release) };
+    }
+
+    /// The bytes the kernel wrote into buffer `bid`.
+    pub fn buffer(&mut self, bid: u16, len: u32) -> &mut [u8] {
+        assert!(bid < self.count && len <= self.buffer_bytes);
+        // SAFETY: `bid < count` and `len <= buffer_bytes`, so the range is inside `memory`. The
+        // kernel handed this buffer to us in a completion and does not touch it until it is given
+        // back; `&mut self` makes this the only view.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.memory
+                    .as_ptr()
+                    .add(usize::from(bid) * self.buffer_bytes as usize),
+                len as usize,
+            )
+        }
+    }
+
+    /// Returns buffer `bid` to the kernel.
+    pub fn give_back(&mut self, bid: u16) {
+        self.put(bid);
+        self.publish_tail();
+    }
+}
+
+impl Drop for RecvPool {
+    fn drop(&mut self) {
+        // SAFETY: both pointers came from `alloc_zeroed` with these layouts. The worker drops the
+        // pool only once no receive is in flight (or forgets it).
+        unsafe {
+            alloc::dealloc(self.entries.as_ptr().cast(), self.entries_layout);
+            alloc::dealloc(self.memory.as_ptr(), self.memory_layout);
+        }
+    }
+}
+
+/// A piece of a batch: bytes in the batch's own vector, or a shared frame.
+enum Seg {
+    Own { start: usize, end: usize },
+    Shared(Bytes),
+}
+
+/// Frames queued in one turn.
+#[derive(Default)]
+struct Batch {
+    own: Vec<u8>,
+    segs: Vec<Seg>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push_own(&mut self, parts: &[&[u8]]) {
+        let start = self.own.len();
+        for p in parts {
+            self.own.extend_from_slice(p);
+        }
+        let end = self.own.len();
+        self.bytes += end - start;
+        if let Some(Seg::Own { end: last, .. }) = self.segs.last_mut()
+            && *last == start
+        {
+            *last = end;
+            return;
+        }
+        self.segs.push(Seg::Own { start, end });
+    }
+
+    fn push_shared(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.segs.push(Seg::Shared(frame));
+    }
+
+    fn clear(&mut self) {
+        self.own.clear();
+        self.segs.clear();
+        self.bytes = 0;
+    }
+}
+
+/// What the worker must submit for a connection's next send.
+pub enum SendOp {
+    /// One contiguous buffer.
+    Buf(*const u8, u32),
+    /// A msghdr with several iovecs.
+    Msg(*const libc::msghdr),
+}
+
+/// A connection's send queue: the batch in flight (untouched until it completes) and the batch
+/// being filled.
+pub struct SendQueue {
+    inflight: Batch,
+    queued: Batch,
+    iov: Vec<libc::iovec>,
+    iov_pos: usize,
+    inflight_left: usize,
+    msg: libc::msghdr,
+    in_flight: bool,
+}
+
+impl Default for SendQueue {
+    fn default() -> Self {
+        SendQueue {
+            inflight: Batch::default(),
+            queued: Batch::default(),
+            iov: Vec::new(),
+            iov_pos: 0,
+            inflight_left: 0,
+            // SAFETY: msghdr is plain old data; all-zero (null pointers, zero lengths) is valid.
+            msg: unsafe { mem::zeroed() },
+            in_flight: false,
+        }
+    }
+}
+
+impl SendQueue {
+    /// Queues bytes of our own (copied), e.g. a frame header and its payload.
+    pub fn push_own(&mut self, parts: &[&[u8]]) {
+        self.queued.push_own(parts);
+    }
+
+    /// Queues a shared frame (by reference).
+    pub fn push_shared(&mut self, frame: Bytes) {
+        self.queued.push_shared(frame);
+    }
+
+    /// Bytes not yet handed to the kernel or not yet acknowledged by it.
+    pub fn bytes(&self) -> usize {
+        self.inflight_left + self.queued.bytes
+    }
+
+    /// Whether a send is in flight.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// Whether nothing is queued or in flight.
+    pub fn is_empty(&self) -> bool {
+        !self.in_flight && self.queued.segs.is_empty()
+    }
+
+    /// Starts sending the queued batch. Returns `None` if a send is in flight or nothing is queued.
+    /// The returned pointers stay valid until [`SendQueue::complete`] says the batch is done,
+    /// provided the queue itself is not moved (it lives in a `Box`).
+    pub fn start(&mut self) -> Option<SendOp> {
+        if self.in_flight || self.queued.segs.is_empty() {
+            return None;
+        }
+        mem::swap(&mut self.inflight, &mut self.queued);
+        self.iov.clear();
+        for seg in &self.inflight.segs {
+            let s: &[u8] = match seg {
+                Seg::Own { start, end } => &self.inflight.own[*start..*end],
+                Seg::Shared(b) => b,
+            };
+            if !s.is_empty() {
+                self.iov.push(libc::iovec {
+                    iov_base: s.as_ptr() as *mut _,
+                    iov_len: s.len(),
+                });
+            }
+        }
+        self.iov_pos = 0;
+        self.inflight_left = self.inflight.bytes;
+        self.in_flight = true;
+        Some(self.op())
+    }
+
+    fn op(&mut self) -> SendOp {
+        let rest = &self.iov[self.iov_pos..];
+        if rest.len() == 1 {
+            return SendOp::Buf(
+                rest[0].iov_base as *const u8,
+                rest[0].iov_len.min(1 << 30) as u32,
+            );
+        }
+        self.msg.msg_iov = rest.as_ptr() as *mut libc::iovec;
+        self.msg.msg_iovlen = rest.len().min(IOV_MAX);
+        SendOp::Msg(&self.msg)
+    }
+
+    /// Records that `n` bytes of the in-flight batch went out. Returns the next op if the batch is
+    /// not finished (a short write), or `None` when it is (the queue is then ready to `start`).
+    pub fn complete(&mut self, mut n: usize) -> Option<SendOp> {
+        assert!(self.in_flight, "send completion without a send in flight");
+        assert!(n <= self.inflight_left, "kernel sent more than asked");
+        self.inflight_left -= n;
+        while n > 0 {
+            let v = &mut self.iov[self.iov_pos];
+            let step = n.min(v.iov_len);
+            // SAFETY: `step <= iov_len`, so the new base stays inside (or at the end of) the
+            // segment this iovec describes.
+            v.iov_base = unsafe { (v.iov_base as *mut u8).add(step) }.cast();
+            v.iov_len -= step;
+            n -= step;
+            if v.iov_len == 0 {
+                self.iov_pos += 1;
+            }
+        }
+        while self.iov_pos < self.iov.len() && self.iov[self.iov_pos].iov_len == 0 {
+            self.iov_pos += 1;
+        }
+        if self.iov_pos < self.iov.len() {
+            return Some(self.op());
+        }
+        self.inflight.clear();
+        self.in_flight = false;
+        None
+    }
+
+    /// Forgets everything, in flight included. Only when no send is in flight in the kernel
+    /// (its completion has been reaped), e.g. after the peer is gone.
+    pub fn abort(&mut self) {
+        self.inflight.clear();
+        self.queued.clear();
+        self.iov.clear();
+        self.iov_pos = 0;
+        self.inflight_left = 0;
+        self.in_flight = false;
+    }
+
+    /// Drops everything queued (not in flight), e.g. when the peer is gone.
+    pub fn discard_queued(&mut self) {
+        self.queued.clear();
+    }
+}
+
+/// Send queues not in use, kept for reuse so that steady traffic allocates nothing.
+#[derive(Default)]
+#[allow(clippy::vec_box)] // boxed: a queue's address must not change while a send is in flight
+pub struct SendPool {
+    free: Vec<Box<SendQueue>>,
+}
+
+/// Queues kept in the pool at most.
+const POOL_KEPT_MAX: usize = 1024;
+/// A queue whose own vector grew past this is shrunk before being kept.
+const OWN_KEPT_BYTES_MAX: usize = 64 * 1024;
+
+impl SendPool {
+    /// A queue for a connection that has something to send.
+    pub fn take(&mut self) -> Box<SendQueue> {
+        self.free.pop().unwrap_or_default()
+    }
+
+    /// Gives back an empty queue.
+    pub fn give_back(&mut self, mut q: Box<SendQueue>) {
+        assert!(
+            q.is_empty(),
+            "a send queue goes back to the pool only when empty"
+        );
+        if self.free.len() >= POOL_KEPT_MAX {
+            return;
+        }
+        for b in [&mut q.inflight, &mut q.queued] {
+            b.clear();
+            if b.own.capacity() > OWN_KEPT_BYTES_MAX {
+                b.own = Vec::new();
+            }
+            if b.segs.capacity() > IOV_MAX {
+                b.segs = Vec::new();
+            }
+        }
+        if q.iov.capacity() > IOV_MAX {
+            q.iov = Vec::new();
+        }
+        self.free.push(q);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of(op: &SendOp) -> Vec<u8> {
+        match *op {
+            // SAFETY: the op points into a live queue in this test.
+            SendOp::Buf(p, n) => unsafe { std::slice::from_raw_parts(p, n as usize) }.to_vec(),
+            SendOp::Msg(m) => {
+                let mut out = Vec::new();
+                // SAFETY: the msghdr and its iovecs live in the queue for this test.
+                let m = unsafe { &*m };
+                for i in 0..m.msg_iovlen {
+                    // SAFETY: as above; each iovec describes live bytes.
+                    let v = unsafe { &*m.msg_iov.add(i) };
+                    // SAFETY: as above.
+                    out.extend_from_slice(unsafe {
+                        std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+                    });
+                }
+                out
+            }
+        }
+    }
+
+    #[test]
+    fn short_writes_resume_in_order() {
+        let mut q = SendQueue::default();
+        q.push_own(&[b"ab", b"cd"]);
+        q.push_shared(Bytes::from_static(b"EFG"));
+        q.push_own(&[b"h"]);
+        assert_eq!(q.bytes(), 8);
+        let op = q.start().unwrap();
+        assert_eq!(bytes_of(&op), b"abcdEFGh");
+        // New frames queued while in flight wait for the next batch.
+        q.push_own(&[b"ij"]);
+        assert!(q.start().is_none());
+        let op = q.complete(5).unwrap();
+        assert_eq!(bytes_of(&op), b"FGh");
+        assert_eq!(q.bytes(), 5);
+        assert!(q.complete(3).is_none());
+        let op = q.start().unwrap();
+        assert_eq!(bytes_of(&op), b"ij");
+        assert!(q.complete(2).is_none());
+        assert!(q.is_empty());
+        let mut pool = SendPool::default();
+        pool.give_back(Box::new(q));
+        assert!(pool.take().is_empty());
+    }
+}

@@ -1,0 +1,14 @@
+//! The io_uring runtime: the only module with `unsafe` and syscalls.
+//!
+//! - [`sys`]: sockets, eventfd, limits, signals, through one `syscall!` helper.
+//! - [`ring`]: ring setup, ops → SQEs, completions → named events, the `user_data` layout.
+//! - [`buffers`]: the provided-buffer ring for receives and the pooled send queues.
+//! - [`slots`]: the slab of connections, their phases and flags.
+//! - `worker`: the event loop of one worker thread.
+
+pub mod buffers;
+pub mod client;
+pub mod ring;
+pub mod slots;
+pub mod sys;
+pub(crate) mod worker;

@@ -1,0 +1,537 @@
+//! The io_uring: setup, the operations ringws submits (one `match` turns an [`Op`] into an SQE),
+//! a backlog for a full submission queue, and one `match` that turns each completion, errno by
+//! errno, into a named [`Event`] (the TigerBeetle `io/linux.zig` shape).
+//!
+//! # `user_data` layout
+//!
+//! ```text
+//!  63        56 55                    32 31                              0
+//! +------------+------------------------+---------------------------------+
+//! |  op tag    | slot generation (24 b) |          slot index             |
+//! +------------+------------------------+---------------------------------+
+//! ```
+//!
+//! Operations that belong to no connection (accept, the wake-up read) carry index and generation 0.
+//! A completion whose generation does not match its slot's is stale and is ignored.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+/// Generations are kept to 24 bits so that they fit in `user_data` and in a `ConnId`.
+pub const GENERATION_MASK: u32 = (1 << 24) - 1;
+
+/// A connection slot: its index in the slab and its generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    pub index: u32,
+    pub generation: u32,
+}
+
+/// The kind of operation, the top byte of `user_data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Tag {
+    Accept = 1,
+    Recv = 2,
+    Send = 3,
+    NoDelay = 4,
+    Shutdown = 5,
+    Close = 6,
+    Wake = 7,
+    CancelAccept = 8,
+}
+
+impl Tag {
+    fn from_u8(v: u8) -> Option<Tag> {
+        Some(match v {
+            1 => Tag::Accept,
+            2 => Tag::Recv,
+            3 => Tag::Send,
+            4 => Tag::NoDelay,
+            5 => Tag::Shutdown,
+            6 => Tag::Close,
+            7 => Tag::Wake,
+            8 => Tag::CancelAccept,
+            _ => return None,
+        })
+    }
+}
+
+fn user_data(tag: Tag, key: Key) -> u64 {
+    debug_assert!(key.generation <= GENERATION_MASK);
+    (tag as u64) << 56 | u64::from(key.generation & GENERATION_MASK) << 32 | u64::from(key.index)
+}
+
+fn split_user_data(ud: u64) -> (Option<Tag>, Key) {
+    let tag = Tag::from_u8((ud >> 56) as u8);
+    let key = Key {
+        index: ud as u32,
+        generation: (ud >> 32) as u32 & GENERATION_MASK,
+    };
+    (tag, key)
+}
+
+const NO_KEY: Key = Key {
+    index: 0,
+    generation: 0,
+};
+
+/// TCP_NODELAY's value, for the SetSockOpt command (must outlive the operation: it is static).
+static ONE: libc::c_int = 1;
+
+/// An operation to submit. Pointers inside must stay valid until the operation completes.
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    /// Multishot accept on the listener into a kernel-chosen direct descriptor.
+    Accept { listener: RawFd },
+    /// Cancels the multishot accept (shutdown).
+    CancelAccept,
+    /// Multishot receive into buffers of the provided-buffer group.
+    Recv { key: Key, fd: u32, group: u16 },
+    /// One send of a contiguous buffer.
+    Send {
+        key: Key,
+        fd: u32,
+        buf: *const u8,
+        len: u32,
+    },
+    /// One sendmsg of an iovec array (all frames queued in a turn leave in one send).
+    SendMsg {
+        key: Key,
+        fd: u32,
+        msg: *const libc::msghdr,
+    },
+    /// TCP_NODELAY on a direct descriptor (SOCKET_URING_OP_SETSOCKOPT).
+    NoDelay { key: Key, fd: u32 },
+    /// shutdown(SHUT_WR) (we end TCP first) or SHUT_RDWR (forced end: wakes a pending recv).
+    Shutdown { key: Key, fd: u32, how: i32 },
+    /// Closes a direct descriptor (frees its fixed-file slot).
+    Close { key: Key, fd: u32 },
+    /// Reads the eventfd other threads write to wake this worker.
+    Wake { fd: RawFd, buf: *mut u64 },
+}
+
+impl Op {
+    fn entry(self) -> squeue::Entry {
+        match self {
+            Op::Accept { listener } => opcode::AcceptMulti::new(types::Fd(listener))
+                // No SOCK_CLOEXEC: the kernel refuses it for direct descriptors (which never
+                // reach an exec anyway).
+                .allocate_file_index(true)
+                .build()
+                .user_data(user_data(Tag::Accept, NO_KEY)),
+            Op::CancelAccept => opcode::AsyncCancel::new(user_data(Tag::Accept, NO_KEY))
+                .build()
+                .user_data(user_data(Tag::CancelAccept, NO_KEY)),
+            Op::Recv { key, fd, group } => opcode::RecvMulti::new(types::Fixed(fd), group)
+                .build()
+                .user_data(user_data(Tag::Recv, key)),
+            Op::Send { key, fd, buf, len } => opcode::Send::new(types::Fixed(fd), buf, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(user_data(Tag::Send, key)),
+            Op::SendMsg { key, fd, msg } => opcode::SendMsg::new(types::Fixed(fd), msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(user_data(Tag::Send, key)),
+            Op::NoDelay { key, fd } => opcode::SetSockOpt::new(
+                types::Fixed(fd),
+                libc::IPPROTO_TCP as u32,
+                libc::TCP_NODELAY as u32,
+                (&ONE as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+            .build()
+            .user_data(user_data(Tag::NoDelay, key)),
+            Op::Shutdown { key, fd, how } => opcode::Shutdown::new(types::Fixed(fd), how)
+                .build()
+                .user_data(user_data(Tag::Shutdown, key)),
+            Op::Close { key, fd } => opcode::Close::new(types::Fixed(fd))
+                .build()
+                .user_data(user_data(Tag::Close, key)),
+            Op::Wake { fd, buf } => opcode::Read::new(types::Fd(fd), buf.cast(), 8)
+                .build()
+                .user_data(user_data(Tag::Wake, NO_KEY)),
+        }
+    }
+}
+
+/// Result of one multishot-accept completion.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A connection, in this direct-descriptor slot.
+    Socket(u32),
+    /// The fixed-file table is full (ENFILE): stop accepting until a descriptor is closed.
+    TableFull,
+    /// The accept was cancelled (shutdown).
+    Canceled,
+    /// The peer went away before the accept finished, or a transient shortage: just go on.
+    Transient,
+    /// Anything else: reported, and the accept is re-armed.
+    Failed(io::Error),
+}
+
+/// Result of one multishot-recv completion.
+#[derive(Debug)]
+pub enum Received {
+    /// `len` bytes in provided buffer `bid`.
+    Data { bid: u16, len: u32 },
+    /// The peer ended its side of TCP.
+    Eof,
+    /// The buffer group ran dry (ENOBUFS): re-arm once buffers are back.
+    NoBuffers,
+    /// The peer reset the connection, or it broke (ECONNRESET, EPIPE, ETIMEDOUT…).
+    Reset,
+    /// Cancelled by us.
+    Canceled,
+}
+
+/// Result of one send completion.
+#[derive(Debug)]
+pub enum Sent {
+    /// This many bytes went out (may be fewer than asked).
+    Bytes(u32),
+    /// The peer is gone (EPIPE, ECONNRESET) or the socket broke.
+    PeerGone,
+}
+
+/// A completion turned into what it means.
+#[derive(Debug)]
+pub enum Event {
+    Accept {
+        result: Accepted,
+        more: bool,
+    },
+    Recv {
+        key: Key,
+        result: Received,
+        buffer: Option<u16>,
+        more: bool,
+    },
+    Send {
+        key: Key,
+        result: Sent,
+    },
+    NoDelay {
+        key: Key,
+    },
+    Shutdown {
+        key: Key,
+    },
+    Close {
+        key: Key,
+    },
+    Wake,
+    CancelAccept,
+}
+
+/// A raw completion, copied out of the CQ so that the loop runs it later (no recursion).
+#[derive(Debug, Clone, Copy)]
+pub struct Completion {
+    pub user_data: u64,
+    pub result: i32,
+    pub flags: u32,
+}
+
+impl Completion {
+    /// The one place where results become outcomes, errno by errno.
+    pub fn event(self) -> Option<Event> {
+        let (tag, key) = split_user_data(self.user_data);
+        let more = cqueue::more(self.flags);
+        let res = self.result;
+        Some(match tag? {
+            Tag::Accept => Event::Accept {
+                more,
+                result: match -res {
+                    // Success: the result is the direct-descriptor index.
+                    _ if res >= 0 => Accepted::Socket(res as u32),
+                    // No free slot in the fixed-file table.
+                    libc::ENFILE | libc::EMFILE => Accepted::TableFull,
+                    // Cancelled at shutdown.
+                    libc::ECANCELED => Accepted::Canceled,
+                    // The peer aborted, or a short kernel memory/buffer shortage: keep accepting.
+                    libc::ECONNABORTED
+                    | libc::EINTR
+                    | libc::EAGAIN
+                    | libc::ENOBUFS
+                    | libc::ENOMEM
+                    | libc::EPROTO
+                    | libc::EPERM => Accepted::Transient,
+                    errno => Accepted::Failed(io::Error::from_raw_os_error(errno)),
+                },
+            },
+            Tag::Recv => Event::Recv {
+                key,
+                more,
+                buffer: cqueue::buffer_select(self.flags),
+                result: match -res {
+                    // Zero bytes: the peer sent FIN.
+                    0 => Received::Eof,
+                    // Data in the selected buffer.
+                    _ if res > 0 => match cqueue::buffer_select(self.flags) {
+                        Some(bid) => Received::Data {
+                            bid,
+                            len: res as u32,
+                        },
+                        // Cannot happen with buffer select; treat as a broken connection.
+                        None => Received::Reset,
+                    },
+                    // The provided-buffer ring is empty.
+                    libc::ENOBUFS => Received::NoBuffers,
+                    // We cancelled it.
+                    libc::ECANCELED => Received::Canceled,
+                    // Reset, broken pipe, timeout, or anything else: the connection is over.
+                    _ => Received::Reset,
+                },
+            },
+            Tag::Send => Event::Send {
+                key,
+                result: match -res {
+                    _ if res >= 0 => Sent::Bytes(res as u32),
+                    // EPIPE, ECONNRESET, ECANCELED, ETIMEDOUT…: no more sends on this socket.
+                    _ => Sent::PeerGone,
+                },
+            },
+            // Failure only costs latency (Nagle); nothing to do either way.
+            Tag::NoDelay => Event::NoDelay { key },
+            // ENOTCONN (peer already gone) and success end the same way: go on to Close.
+            Tag::Shutdown => Event::Shutdown { key },
+            // Close of a direct descriptor cannot fail in a way we could act on.
+            Tag::Close => Event::Close { key },
+            // A read of the eventfd (or EAGAIN): drain the mailbox and re-arm.
+            Tag::Wake => Event::Wake,
+            // ENOENT/EALREADY (accept already finished) and success are the same to us.
+            Tag::CancelAccept => Event::CancelAccept,
+        })
+    }
+}
+
+/// Which taskrun mode the kernel accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    DeferTaskrun,
+    CoopTaskrun,
+    Plain,
+}
+
+/// One worker's ring, with its backlog and the completions of the last wait.
+pub struct Ring {
+    uring: IoUring,
+    backlog: VecDeque<squeue::Entry>,
+    pub flavor: Flavor,
+}
+
+fn unavailable(e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!(
+            "io_uring is unavailable ({e}); ringws needs Linux >= 6.1 with io_uring enabled \
+             (check /proc/sys/kernel/io_uring_disabled and seccomp filters)"
+        ),
+    )
+}
+
+impl Ring {
+    /// Sets up a ring on the calling thread (SINGLE_ISSUER binds it to this thread): DEFER_TASKRUN
+    /// if the kernel has it, else COOP_TASKRUN, else plain.
+    pub fn new(entries: u32) -> io::Result<Ring> {
+        let cq = entries.saturating_mul(4);
+        let attempts = [Flavor::DeferTaskrun, Flavor::CoopTaskrun, Flavor::Plain];
+        let mut last = None;
+        for flavor in attempts {
+            let mut b = IoUring::builder();
+            b.setup_cqsize(cq).setup_submit_all();
+            match flavor {
+                Flavor::DeferTaskrun => b.setup_single_issuer().setup_defer_taskrun(),
+                Flavor::CoopTaskrun => b.setup_coop_taskrun(),
+                Flavor::Plain => &mut b,
+            };
+            match b.build(entries) {
+                Ok(uring) => {
+                    return Ok(Ring {
+                        uring,
+                        backlog: VecDeque::new(),
+                        flavor,
+                    });
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(unavailable(
+            last.unwrap_or_else(|| io::Error::other("no ring")),
+        ))
+    }
+
+    /// The submitter, for registrations.
+    pub fn submitter(&self) -> io_uring::Submitter<'_> {
+        self.uring.submitter()
+    }
+
+    /// Queues an operation; it goes to the kernel at the next [`Ring::submit_and_wait`]. If the
+    /// submission queue is full, it waits in the backlog.
+    ///
+    /// # Safety
+    ///
+    /// Every pointer in `op` (send buffers, msghdr and its iovecs, the wake buffer) must stay valid
+    /// and unmoved until the operation's completion has been reaped.
+    pub unsafe fn push(&mut self, op: Op) {
+        let entry = op.entry();
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(entry);
+            return;
+        }
+        let mut sq = self.uring.submission();
+        // SAFETY: the caller guarantees the pointers in `op` outlive the operation.
+        if unsafe { sq.push(&entry) }.is_err() {
+            drop(sq);
+            self.backlog.push_back(entry);
+        }
+    }
+
+    /// Moves backlog entries into the SQ, submitting when it fills.
+    fn drain_backlog(&mut self) -> io::Result<()> {
+        while !self.backlog.is_empty() {
+            {
+                let mut sq = self.uring.submission();
+                while let Some(entry) = self.backlog.front() {
+                    // SAFETY: the entry was built from an `Op` whose pointers the pusher
+                    // guaranteed (see `push`).
+                    if unsafe { sq.push(entry) }.is_err() {
+                        break;
+                    }
+                    self.backlog.pop_front();
+                }
+            }
+            if !self.backlog.is_empty() {
+                match self.uring.submit() {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The one enter of a loop turn: submits everything queued and waits for at least one
+    /// completion or `timeout_ms`, then copies all completions into `out`.
+    pub fn submit_and_wait(
+        &mut self,
+        timeout_ms: Option<u64>,
+        out: &mut Vec<Completion>,
+    ) -> io::Result<()> {
+        self.drain_backlog()?;
+        let res = match timeout_ms {
+            Some(ms) => {
+                let ts = types::Timespec::new()
+                    .sec(ms / 1000)
+                    .nsec((ms % 1000) as u32 * 1_000_000);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.uring.submitter().submit_with_args(1, &args)
+            }
+            None => self.uring.submitter().submit_and_wait(1),
+        };
+        match res {
+            Ok(_) => {}
+            // Timed out, interrupted, or the CQ is full (reap and come back): all fine.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        out.clear();
+        let mut cq = self.uring.completion();
+        cq.sync();
+        out.extend(cq.map(|c| Completion {
+            user_data: c.user_data(),
+            result: c.result(),
+            flags: c.flags(),
+        }));
+        Ok(())
+    }
+
+    /// Submits without waiting (used while shutting down).
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.drain_backlog()?;
+        self.uring.submit().map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        for (tag, index, generation) in [
+            (Tag::Recv, 0, 0),
+            (Tag::Send, 19_999, GENERATION_MASK),
+            (Tag::Close, u32::MAX, 7),
+        ] {
+            let ud = user_data(tag, Key { index, generation });
+            let (t, k) = split_user_data(ud);
+            assert_eq!(t, Some(tag));
+            assert_eq!(k, Key { index, generation });
+        }
+        assert_eq!(split_user_data(0).0, None);
+    }
+
+    #[test]
+    fn recv_errnos_are_named() {
+        let ud = user_data(
+            Tag::Recv,
+            Key {
+                index: 3,
+                generation: 1,
+            },
+        );
+        let ev = |result, flags| {
+            Completion {
+                user_data: ud,
+                result,
+                flags,
+            }
+            .event()
+            .unwrap()
+        };
+        assert!(matches!(
+            ev(0, 0),
+            Event::Recv {
+                result: Received::Eof,
+                ..
+            }
+        ));
+        assert!(matches!(
+            ev(-libc::ENOBUFS, 0),
+            Event::Recv {
+                result: Received::NoBuffers,
+                ..
+            }
+        ));
+        assert!(matches!(
+            ev(-libc::ECONNRESET, 0),
+            Event::Recv {
+                result: Received::Reset,
+                ..
+            }
+        ));
+        // IORING_CQE_F_BUFFER is bit 0; the buffer id is in the top 16 bits.
+        let flags = 1 | (5 << 16);
+        match ev(10, flags) {
+            Event::Recv {
+                result: Received::Data { bid, len },
+                key,
+                ..
+            } => {
+                assert_eq!((bid, len, key.index, key.generation), (5, 10, 3, 1));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

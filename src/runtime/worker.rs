@@ -1,0 +1,1352 @@
+//! One worker: a ring, a listener, a slab of connections, a timer wheel and a handler, on one
+//! thread. The loop, once per turn:
+//!
+//! ```text
+//! fire timers ─► run deferred work and settle touched slots (start sends, re-arm receives,
+//! advance closes, free slots) ─► push ops into the ring ─► one submit_and_wait (timeout = next
+//! timer) ─► copy completions out ─► run each completion
+//! ```
+//!
+//! Completions are run from the loop, never from inside the reaper, and anything they change is
+//! settled once at the end of the turn, so all frames queued for a connection in one turn leave
+//! in one send.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+
+use bytes::Bytes;
+
+use super::buffers::{RecvPool, SendOp, SendQueue};
+use super::ring::{Accepted, Completion, Event, Key, Op, Received, Ring, Sent};
+use super::slots::{ConnState, Phase, Slot, Slots, TimerKind, flag};
+use super::sys;
+use crate::config::{BackpressurePolicy, Config};
+use crate::handler::{
+    Backpressure, Conn, ConnId, ConnOps, Handler, Mail, Message, OpenDecision, Publisher,
+};
+use crate::metrics::{Metrics, WorkerMetrics, add, dec};
+use crate::proto::connection::{Connection, Limits, MessageKind, Role, Sink, State};
+use crate::proto::error::close_code;
+use crate::proto::frame::{self, HEADER_BYTES_MAX, OpCode};
+use crate::proto::handshake::{self, Parsed, Request};
+use crate::timer::TimerWheel;
+
+/// Fixed-file slots beyond the connection limit, so that a connection past the limit can still
+/// be accepted and answered 503 instead of being left in the backlog.
+pub const SPARE_FIXED_FILES: u32 = 64;
+/// Buffer group id of the receive pool.
+const RECV_GROUP: u16 = 0;
+/// Timer wheel resolution.
+const TICK_MS: u64 = 10;
+const WHEEL_SLOTS: usize = 4096;
+/// After the close timeout of a shutdown, how long forced closes may take before the worker
+/// leaves anyway.
+const STOP_GRACE_MS: u64 = 1000;
+
+/// Everything a worker thread needs, built by the server.
+pub(crate) struct WorkerSetup {
+    pub id: u16,
+    pub cfg: Arc<Config>,
+    pub listener: OwnedFd,
+    pub publisher: Publisher,
+    pub metrics: Arc<WorkerMetrics>,
+    pub all_metrics: Arc<Metrics>,
+}
+
+/// Work found during a turn and run before the turn ends.
+enum Deferred {
+    Close(Key, u16, Box<str>),
+    Publish(Arc<str>, Bytes),
+    Broadcast(Bytes),
+    Backpressure(Key, usize, Backpressure),
+}
+
+/// State that callbacks may touch besides their own slot.
+struct Shared {
+    worker: u16,
+    ops: Vec<Op>,
+    pool: super::buffers::SendPool,
+    topics: HashMap<Box<str>, Vec<Key>>,
+    deferred: VecDeque<Deferred>,
+    dirty: Vec<Key>,
+    metrics: Arc<WorkerMetrics>,
+    all_metrics: Arc<Metrics>,
+    publisher: Publisher,
+    send_queue_bytes_max: usize,
+    policy: BackpressurePolicy,
+}
+
+impl Shared {
+    fn id(&self, key: Key) -> ConnId {
+        ConnId::new(self.worker, key.index, key.generation)
+    }
+
+    /// Queues an op on the slot (counted in flight).
+    fn submit(&mut self, st: &mut ConnState, op: Op) {
+        st.ops += 1;
+        self.ops.push(op);
+    }
+
+    fn touch(&mut self, key: Key, st: &mut ConnState) {
+        if !st.has(flag::DIRTY) {
+            st.set(flag::DIRTY);
+            self.dirty.push(key);
+        }
+    }
+}
+
+/// One connection, seen from inside a callback.
+struct Ctx<'a> {
+    key: Key,
+    st: &'a mut ConnState,
+    sh: &'a mut Shared,
+    /// False in `on_open` (the 101 has not been queued yet).
+    can_send: bool,
+}
+
+impl Ctx<'_> {
+    fn queue(&mut self) -> &mut SendQueue {
+        self.sh.touch(self.key, self.st);
+        let pool = &mut self.sh.pool;
+        self.st.send.get_or_insert_with(|| pool.take())
+    }
+
+    /// Bytes the protocol itself must send (101, pongs, closes, HTTP answers): never dropped.
+    fn push_control(&mut self, bytes: &[u8]) {
+        if self.st.has(flag::SEND_DEAD) {
+            return;
+        }
+        self.queue().push_own(&[bytes]);
+    }
+
+    fn push_frame(&mut self, frame: &[u8]) {
+        if frame
+            .first()
+            .is_some_and(|b| b & 0x0f == OpCode::Close as u8)
+        {
+            self.st.set(flag::CLOSE_SENT);
+        }
+        self.push_control(frame);
+    }
+
+    /// Backpressure check for a data message of `len` bytes.
+    fn admit(&mut self, len: usize) -> bool {
+        let blocked = flag::CLOSE_SENT | flag::OVERFLOW | flag::SEND_DEAD;
+        if !self.can_send || self.st.has(blocked) || self.st.phase != Phase::Open {
+            return false;
+        }
+        let queued = self.st.queued_bytes();
+        let max = self.sh.send_queue_bytes_max;
+        if queued + len > max {
+            self.overflow(queued);
+            return false;
+        }
+        if queued + len > max / 2 {
+            self.st.set(flag::WANT_DRAIN);
+        }
+        add(&self.sh.metrics.messages_sent, 1);
+        true
+    }
+
+    fn overflow(&mut self, queued: usize) {
+        let what = Backpressure::of(self.sh.policy);
+        match what {
+            Backpressure::Dropped => add(&self.sh.metrics.backpressure_drops, 1),
+            Backpressure::Closing => {
+                self.st.set(flag::OVERFLOW);
+                add(&self.sh.metrics.backpressure_closes, 1);
+                let reason: Box<str> = "send queue full".into();
+                self.sh.deferred.push_back(Deferred::Close(
+                    self.key,
+                    close_code::POLICY_VIOLATION,
+                    reason,
+                ));
+            }
+        }
+        self.st.set(flag::WANT_DRAIN);
+        self.sh
+            .deferred
+            .push_back(Deferred::Backpressure(self.key, queued, what));
+    }
+
+    fn push_shared(&mut self, frame: Bytes) -> bool {
+        if !self.admit(frame.len()) {
+            return false;
+        }
+        self.queue().push_shared(frame);
+        true
+    }
+}
+
+impl ConnOps for Ctx<'_> {
+    fn send(&mut self, kind: MessageKind, payload: &[u8]) -> bool {
+        let opcode = match kind {
+            MessageKind::Text => OpCode::Text,
+            MessageKind::Binary => OpCode::Binary,
+        };
+        let mut hdr = [0u8; HEADER_BYTES_MAX];
+        let n = frame::encode_header(&mut hdr, true, 0, opcode, payload.len() as u64, None);
+        if !self.admit(n + payload.len()) {
+            return false;
+        }
+        self.queue().push_own(&[&hdr[..n], payload]);
+        true
+    }
+
+    fn close(&mut self, code: u16, reason: &str) {
+        self.sh
+            .deferred
+            .push_back(Deferred::Close(self.key, code, reason.into()));
+    }
+
+    fn subscribe(&mut self, topic: &str) {
+        let list = self.st.topics.get_or_insert_with(Default::default);
+        if list.iter().any(|t| &**t == topic) {
+            return;
+        }
+        list.push(topic.into());
+        self.sh
+            .topics
+            .entry(topic.into())
+            .or_default()
+            .push(self.key);
+    }
+
+    fn unsubscribe(&mut self, topic: &str) {
+        let Some(list) = self.st.topics.as_mut() else {
+            return;
+        };
+        let Some(i) = list.iter().position(|t| &**t == topic) else {
+            return;
+        };
+        list.swap_remove(i);
+        if list.is_empty() {
+            self.st.topics = None;
+        }
+        remove_subscriber(&mut self.sh.topics, topic, self.key);
+    }
+
+    fn publish(&mut self, topic: &str, frame: Bytes) {
+        let worker = usize::from(self.sh.worker);
+        self.sh
+            .publisher
+            .publish_frame(topic, frame.clone(), Some(worker));
+        self.sh
+            .deferred
+            .push_back(Deferred::Publish(Arc::from(topic), frame));
+    }
+
+    fn broadcast(&mut self, frame: Bytes) {
+        let worker = usize::from(self.sh.worker);
+        self.sh
+            .publisher
+            .broadcast_frame(frame.clone(), Some(worker));
+        self.sh.deferred.push_back(Deferred::Broadcast(frame));
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.st.queued_bytes()
+    }
+
+    fn publisher(&self) -> &Publisher {
+        &self.sh.publisher
+    }
+}
+
+fn remove_subscriber(topics: &mut HashMap<Box<str>, Vec<Key>>, topic: &str, key: Key) {
+    if let Some(subs) = topics.get_mut(topic) {
+        if let Some(i) = subs.iter().position(|k| *k == key) {
+            subs.swap_remove(i);
+        }
+        if subs.is_empty() {
+            topics.remove(topic);
+        }
+    }
+}
+
+/// The sink for received bytes: messages go to the handler, protocol frames to the queue.
+struct RecvSink<'a, H> {
+    handler: &'a mut H,
+    ctx: Ctx<'a>,
+}
+
+impl<H: Handler> Sink for RecvSink<'_, H> {
+    fn message(&mut self, kind: MessageKind, payload: &[u8]) {
+        add(&self.ctx.sh.metrics.messages_received, 1);
+        let msg = match kind {
+            MessageKind::Text => {
+                debug_assert!(std::str::from_utf8(payload).is_ok());
+                // SAFETY: `Connection::receive` validates text messages as UTF-8 before
+                // delivering them (its `Sink::message` contract).
+                Message::Text(unsafe { std::str::from_utf8_unchecked(payload) })
+            }
+            MessageKind::Binary => Message::Binary(payload),
+        };
+        let id = self.ctx.sh.id(self.ctx.key);
+        self.handler
+            .on_message(&mut Conn::new(id, &mut self.ctx), msg);
+    }
+
+    fn close(&mut self, code: u16, reason: &str) {
+        self.ctx.st.close_code = code;
+        self.ctx.st.close_reason = (!reason.is_empty()).then(|| reason.into());
+    }
+
+    fn send_frame(&mut self, frame: &[u8]) {
+        self.ctx.push_frame(frame);
+    }
+}
+
+/// The sink for frames the runtime asks for (heartbeat ping, our Close).
+struct CtlSink<'a>(Ctx<'a>);
+
+impl Sink for CtlSink<'_> {
+    fn message(&mut self, _kind: MessageKind, _payload: &[u8]) {}
+
+    fn send_frame(&mut self, frame: &[u8]) {
+        self.0.push_frame(frame);
+    }
+}
+
+/// Multishot accept state.
+#[derive(Default)]
+struct AcceptState {
+    armed: bool,
+    /// The fixed-file table was full: re-arm once a descriptor is closed.
+    paused: bool,
+    /// After an unexpected error, re-arm no sooner than this (never spin).
+    retry_at_ms: u64,
+}
+
+/// Back-off after an unexpected accept error.
+const ACCEPT_RETRY_MS: u64 = 100;
+
+/// Everything but the ring and the receive buffers.
+struct Engine<H> {
+    cfg: Arc<Config>,
+    limits: Limits,
+    listener: OwnedFd,
+    handler: H,
+    slots: Slots,
+    wheel: TimerWheel,
+    sh: Shared,
+    now_ms: u64,
+    accept: AcceptState,
+    handshaking: u32,
+    stop_at_ms: Option<u64>,
+    forced_all: bool,
+    keys: Vec<Key>,
+    dirty: Vec<Key>,
+    fired: Vec<(crate::timer::TimerId, u64)>,
+    mask_seed: u64,
+}
+
+fn token(key: Key) -> u64 {
+    u64::from(key.generation) << 32 | u64::from(key.index)
+}
+
+fn key_of(token: u64) -> Key {
+    Key {
+        index: token as u32,
+        generation: (token >> 32) as u32,
+    }
+}
+
+impl<H: Handler> Engine<H> {
+    fn ctx(&mut self, key: Key, can_send: bool) -> Option<(Ctx<'_>, &mut Connection, &mut H)> {
+        let Slot { core, st } = self.slots.get(key)?;
+        Some((
+            Ctx {
+                key,
+                st,
+                sh: &mut self.sh,
+                can_send,
+            },
+            core,
+            &mut self.handler,
+        ))
+    }
+
+    // ----- phases and gauges ---------------------------------------------------------------
+
+    fn gauge(&self, phase: Phase) -> Option<&std::sync::atomic::AtomicU64> {
+        let m = &self.sh.metrics;
+        match phase {
+            Phase::Handshaking => Some(&m.handshaking),
+            Phase::Open => Some(&m.open),
+            Phase::Closing => Some(&m.closing),
+            Phase::Closed => None,
+        }
+    }
+
+    fn move_to(&mut self, key: Key, to: Phase) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let from = slot.st.phase;
+        slot.st.set_phase(to);
+        if from == Phase::Handshaking {
+            self.handshaking -= 1;
+        }
+        if let Some(g) = self.gauge(from) {
+            dec(g);
+        }
+        if let Some(g) = self.gauge(to) {
+            add(g, 1);
+        }
+    }
+
+    // ----- timers --------------------------------------------------------------------------
+
+    fn arm(&mut self, key: Key, kind: TimerKind, deadline_ms: u64) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        if let Some(id) = slot.st.timer.take() {
+            self.wheel.cancel(id);
+        }
+        slot.st.timer_kind = kind;
+        match self.wheel.insert(deadline_ms, token(key)) {
+            Ok(id) => slot.st.timer = Some(id),
+            // Capacity equals the fixed-file table, so this cannot happen; end it safely.
+            Err(_) => self.force_close(key),
+        }
+    }
+
+    fn disarm(&mut self, key: Key) {
+        if let Some(id) = self.slots.get(key).and_then(|s| s.st.timer.take()) {
+            self.wheel.cancel(id);
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let mut fired = std::mem::take(&mut self.fired);
+        fired.clear();
+        self.wheel
+            .advance(self.now_ms, &mut |id, t| fired.push((id, t)));
+        for &(id, t) in &fired {
+            let key = key_of(t);
+            let Some(slot) = self.slots.get(key) else {
+                continue;
+            };
+            if slot.st.timer != Some(id) {
+                continue;
+            }
+            slot.st.timer = None;
+            self.on_timer(key);
+        }
+        self.fired = fired;
+    }
+
+    fn on_timer(&mut self, key: Key) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let (phase, kind) = (slot.st.phase, slot.st.timer_kind);
+        let (idle_since, awaiting) = (slot.st.last_recv_ms, slot.st.has(flag::AWAIT_PONG));
+        match (phase, kind) {
+            (Phase::Open, TimerKind::Idle) => self.on_idle(key, idle_since),
+            // Something arrived after the ping: back to idle watching.
+            (Phase::Open, TimerKind::Pong) if !awaiting => {
+                self.arm(key, TimerKind::Idle, idle_since + self.cfg.ping_interval_ms)
+            }
+            // Handshake deadline, silent peer after a ping, unanswered Close, stuck TCP end.
+            _ => self.force_close(key),
+        }
+    }
+
+    fn on_idle(&mut self, key: Key, idle_since: u64) {
+        let due = idle_since + self.cfg.ping_interval_ms;
+        if due > self.now_ms {
+            return self.arm(key, TimerKind::Idle, due);
+        }
+        let Some((ctx, core, _)) = self.ctx(key, true) else {
+            return;
+        };
+        ctx.st.set(flag::AWAIT_PONG);
+        core.ping(b"", &mut CtlSink(ctx));
+        self.arm(key, TimerKind::Pong, self.now_ms + self.cfg.pong_timeout_ms);
+    }
+
+    // ----- accept --------------------------------------------------------------------------
+
+    fn on_accept(&mut self, result: Accepted, more: bool) {
+        if !more {
+            self.accept.armed = false;
+        }
+        match result {
+            Accepted::Socket(fd) => self.on_socket(fd),
+            Accepted::TableFull => self.accept.paused = true,
+            Accepted::Canceled | Accepted::Transient => {}
+            Accepted::Failed(e) => {
+                eprintln!("ringws worker {}: accept: {e}", self.sh.worker);
+                self.accept.retry_at_ms = self.now_ms + ACCEPT_RETRY_MS;
+            }
+        }
+    }
+
+    fn on_socket(&mut self, fd: u32) {
+        add(&self.sh.metrics.fixed_files, 1);
+        add(&self.sh.metrics.slab_slots, 1);
+        add(&self.sh.metrics.handshaking, 1);
+        self.handshaking += 1;
+        let core = Connection::new(Role::Server, self.limits, self.next_seed());
+        let key = self.slots.insert(fd, core, self.now_ms);
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let st = &mut slot.st;
+        self.sh.submit(st, Op::NoDelay { key, fd });
+        self.sh.submit(
+            st,
+            Op::Recv {
+                key,
+                fd,
+                group: RECV_GROUP,
+            },
+        );
+        st.set(flag::RECV_ARMED);
+        let over_limit = self.slots.len() > self.cfg.connections_per_worker_max as usize
+            || self.handshaking > self.cfg.handshakes_pending_per_worker_max;
+        if self.stop_at_ms.is_some() {
+            self.force_close(key);
+        } else if over_limit {
+            self.http_answer(key, 503, b"server busy, try again later");
+        } else {
+            self.arm(
+                key,
+                TimerKind::Handshake,
+                self.now_ms + self.cfg.handshake_timeout_ms,
+            );
+        }
+    }
+
+    fn next_seed(&mut self) -> u64 {
+        // xorshift: the server role never masks, the seed only has to differ.
+        self.mask_seed ^= self.mask_seed << 13;
+        self.mask_seed ^= self.mask_seed >> 7;
+        self.mask_seed ^= self.mask_seed << 17;
+        self.mask_seed
+    }
+
+    // ----- receive -------------------------------------------------------------------------
+
+    /// Bytes arrived in a provided buffer; parsed in place, given back by the caller after.
+    fn on_data(&mut self, key: Key, buf: &mut [u8]) {
+        add(&self.sh.metrics.bytes_received, buf.len() as u64);
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        slot.st.last_recv_ms = self.now_ms;
+        slot.st.clear(flag::AWAIT_PONG);
+        match slot.st.phase {
+            Phase::Handshaking => self.on_handshake_bytes(key, buf),
+            Phase::Open => self.on_frame_bytes(key, buf),
+            // Lingering after our side ended: input is read and discarded until EOF.
+            Phase::Closing | Phase::Closed => {}
+        }
+    }
+
+    fn on_recv_end(&mut self, key: Key, result: Received, more: bool) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let st = &mut slot.st;
+        match result {
+            Received::Data { .. } => {}
+            Received::Eof | Received::Canceled => st.set(flag::PEER_DONE),
+            Received::Reset => st.set(flag::PEER_DONE | flag::SEND_DEAD),
+            Received::NoBuffers => {}
+        }
+        if !more {
+            st.ops -= 1;
+            st.clear(flag::RECV_ARMED);
+            if !st.has(flag::PEER_DONE) && st.phase != Phase::Closed {
+                st.set(flag::RECV_REARM);
+            }
+        }
+        self.sh.touch(key, st);
+        if st.has(flag::SEND_DEAD)
+            && let Some(q) = st.send.as_mut()
+        {
+            q.discard_queued();
+        }
+        if st.has(flag::PEER_DONE) && matches!(st.phase, Phase::Handshaking | Phase::Open) {
+            slot.core.transport_closed();
+            self.end_tcp(key);
+        }
+    }
+
+    fn on_frame_bytes(&mut self, key: Key, buf: &mut [u8]) {
+        let Some((ctx, core, handler)) = self.ctx(key, true) else {
+            return;
+        };
+        let mut sink = RecvSink { handler, ctx };
+        if let Err(e) = core.receive(buf, &mut sink) {
+            let st = &mut sink.ctx.st;
+            if st.close_code == close_code::ABNORMAL {
+                st.close_code = e.close_code();
+                st.close_reason = Some(e.reason().into());
+            }
+        }
+        self.after_core(key);
+    }
+
+    /// Follows the protocol core's state: Closing arms the close timer, Closed ends TCP.
+    fn after_core(&mut self, key: Key) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        if slot.st.phase != Phase::Open {
+            return;
+        }
+        match slot.core.state() {
+            State::Open => {}
+            State::Closing if slot.st.timer_kind != TimerKind::Close => self.arm(
+                key,
+                TimerKind::Close,
+                self.now_ms + self.cfg.close_timeout_ms,
+            ),
+            State::Closing => {}
+            State::Closed => self.end_tcp(key),
+        }
+    }
+
+    // ----- handshake -----------------------------------------------------------------------
+
+    fn on_handshake_bytes(&mut self, key: Key, buf: &mut [u8]) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        match slot.st.spill.take() {
+            None => {
+                if !self.try_upgrade(key, buf)
+                    && let Some(slot) = self.slots.get(key)
+                {
+                    slot.st.spill = Some(Box::new(buf.to_vec()));
+                }
+            }
+            Some(mut spill) => {
+                spill.extend_from_slice(buf);
+                if !self.try_upgrade(key, &mut spill[..])
+                    && let Some(slot) = self.slots.get(key)
+                {
+                    slot.st.spill = Some(spill);
+                }
+            }
+        }
+    }
+
+    /// Parses the request in `data`; false if it is incomplete (keep the bytes).
+    fn try_upgrade(&mut self, key: Key, data: &mut [u8]) -> bool {
+        let header_len = match handshake::parse_request(data, self.cfg.handshake_header_bytes_max) {
+            Ok(Parsed::Incomplete) => return false,
+            Err(reject) => {
+                self.http_answer(key, reject.status(), reject.message().as_bytes());
+                return true;
+            }
+            Ok(Parsed::Plain(p)) => {
+                self.plain_request(key, p.method, p.path);
+                return true;
+            }
+            Ok(Parsed::Complete(req)) => {
+                if !self.upgrade(key, &req) {
+                    return true;
+                }
+                req.header_len
+            }
+        };
+        let rest = &mut data[header_len..];
+        if !rest.is_empty() {
+            self.on_frame_bytes(key, rest);
+        }
+        true
+    }
+
+    fn origin_allowed(&self, req: &Request<'_>) -> bool {
+        let allowed = &self.cfg.origins_allowed;
+        allowed.is_empty()
+            || req
+                .origin
+                .is_some_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
+    }
+
+    /// Asks the handler, then queues the 101. False if the request was refused.
+    fn upgrade(&mut self, key: Key, req: &Request<'_>) -> bool {
+        if !self.origin_allowed(req) {
+            self.http_answer(key, 403, b"origin not allowed");
+            return false;
+        }
+        let Some((mut ctx, _, handler)) = self.ctx(key, false) else {
+            return false;
+        };
+        let id = ctx.sh.id(key);
+        let decision = handler.on_open(&mut Conn::new(id, &mut ctx), req);
+        let protocol = match decision {
+            OpenDecision::Accept { protocol } => protocol,
+            OpenDecision::Reject(status) => {
+                self.http_answer(key, status, b"refused by the application");
+                return false;
+            }
+        };
+        let mut out = [0u8; 1024];
+        let Some(n) = handshake::write_accept(&mut out, req.key, protocol, None) else {
+            self.http_answer(key, 500, b"subprotocol name too long");
+            return false;
+        };
+        ctx.push_control(&out[..n]);
+        ctx.st.set(flag::OPENED);
+        self.move_to(key, Phase::Open);
+        self.arm(
+            key,
+            TimerKind::Idle,
+            self.now_ms + self.cfg.ping_interval_ms,
+        );
+        true
+    }
+
+    /// A request without Upgrade: `/metrics`, or a clear refusal.
+    fn plain_request(&mut self, key: Key, method: &str, path: &str) {
+        match (method, path) {
+            ("GET", "/metrics") => {
+                let body = self.sh.all_metrics.render();
+                let mut out = vec![0u8; body.len() + 256];
+                let ct = "text/plain; version=0.0.4; charset=utf-8";
+                let n = handshake::write_response(&mut out, 200, ct, body.as_bytes());
+                self.answer_bytes(key, 200, &out[..n.unwrap_or(0)]);
+            }
+            (_, "/metrics") => self.http_answer(key, 405, b"use GET /metrics"),
+            _ => self.http_answer(key, 426, b"this is a WebSocket endpoint (and GET /metrics)"),
+        }
+    }
+
+    /// Queues an HTTP answer and ends the connection after it.
+    fn http_answer(&mut self, key: Key, status: u16, body: &[u8]) {
+        let mut out = [0u8; 1024];
+        let body = std::str::from_utf8(body).unwrap_or("");
+        let n = handshake::write_reject(&mut out, status, body).unwrap_or(0);
+        self.answer_bytes(key, status, &out[..n]);
+    }
+
+    fn answer_bytes(&mut self, key: Key, status: u16, bytes: &[u8]) {
+        self.sh.metrics.http(status);
+        if let Some((mut ctx, _, _)) = self.ctx(key, false) {
+            ctx.push_control(bytes);
+        }
+        self.end_tcp(key);
+    }
+
+    // ----- closing -------------------------------------------------------------------------
+
+    /// Reports the close to the handler, once.
+    fn report(&mut self, key: Key) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let st = &mut slot.st;
+        if !st.has(flag::OPENED) || st.has(flag::REPORTED) {
+            return;
+        }
+        st.set(flag::REPORTED);
+        let code = st.close_code;
+        let reason = st.close_reason.take();
+        self.sh.metrics.close(code);
+        let id = self.sh.id(key);
+        self.handler
+            .on_close(id, code, reason.as_deref().unwrap_or(""));
+    }
+
+    /// The WebSocket is over (or never was): end TCP, server first — flush, shutdown(SHUT_WR),
+    /// read until EOF, close — within the close timeout.
+    fn end_tcp(&mut self, key: Key) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        if !matches!(slot.st.phase, Phase::Handshaking | Phase::Open) {
+            return;
+        }
+        slot.core.transport_closed();
+        self.move_to(key, Phase::Closing);
+        self.report(key);
+        self.arm(
+            key,
+            TimerKind::Close,
+            self.now_ms + self.cfg.close_timeout_ms,
+        );
+        if let Some(slot) = self.slots.get(key) {
+            self.sh.touch(key, &mut slot.st);
+        }
+    }
+
+    /// Ends TCP now: shutdown(SHUT_RDWR) wakes any pending receive or send, then Close.
+    fn force_close(&mut self, key: Key) {
+        self.end_tcp(key);
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let st = &mut slot.st;
+        if st.phase == Phase::Closed || st.has(flag::FORCED) {
+            return;
+        }
+        st.set(flag::FORCED | flag::SEND_DEAD);
+        if let Some(q) = st.send.as_mut() {
+            q.discard_queued();
+        }
+        let fd = st.fd;
+        self.sh.submit(
+            st,
+            Op::Shutdown {
+                key,
+                fd,
+                how: libc::SHUT_RDWR,
+            },
+        );
+    }
+
+    /// Moves a Closing connection along once its sends are done.
+    fn drive_close(&mut self, key: Key) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let st = &mut slot.st;
+        if st.phase != Phase::Closing || st.has(flag::FORCED) {
+            return;
+        }
+        let flushing = st.send.as_ref().is_some_and(|q| !q.is_empty());
+        if flushing && !st.has(flag::SEND_DEAD) {
+            return;
+        }
+        if st.has(flag::SEND_DEAD) && st.has(flag::PEER_DONE) && !st.has(flag::SHUT_SENT) {
+            return self.submit_close(key);
+        }
+        if !st.has(flag::SHUT_SENT) {
+            st.set(flag::SHUT_SENT);
+            let fd = st.fd;
+            self.sh.submit(
+                st,
+                Op::Shutdown {
+                    key,
+                    fd,
+                    how: libc::SHUT_WR,
+                },
+            );
+            return;
+        }
+        if st.has(flag::SHUT_DONE) && st.has(flag::PEER_DONE) {
+            self.submit_close(key);
+        }
+    }
+
+    fn submit_close(&mut self, key: Key) {
+        self.disarm(key);
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        if slot.st.phase == Phase::Closed {
+            return;
+        }
+        let fd = slot.st.fd;
+        self.sh.submit(&mut slot.st, Op::Close { key, fd });
+        self.move_to(key, Phase::Closed);
+    }
+
+    fn on_shutdown_done(&mut self, key: Key) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        slot.st.ops -= 1;
+        slot.st.set(flag::SHUT_DONE);
+        if slot.st.has(flag::FORCED) {
+            self.submit_close(key);
+        } else {
+            self.sh.touch(key, &mut slot.st);
+        }
+    }
+
+    fn on_close_done(&mut self, key: Key) {
+        dec(&self.sh.metrics.fixed_files);
+        self.accept.paused = false;
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        slot.st.ops -= 1;
+        self.sh.touch(key, &mut slot.st);
+    }
+
+    fn free(&mut self, key: Key) {
+        let mut slot = self.slots.remove(key);
+        dec(&self.sh.metrics.slab_slots);
+        for topic in slot
+            .st
+            .topics
+            .take()
+            .into_iter()
+            .flat_map(|b| b.into_iter())
+        {
+            remove_subscriber(&mut self.sh.topics, &topic, key);
+        }
+        if let Some(q) = slot.st.send.take() {
+            self.sh.pool.give_back(discarded(q));
+        }
+    }
+
+    // ----- sending -------------------------------------------------------------------------
+
+    fn on_sent(&mut self, key: Key, result: Sent) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let st = &mut slot.st;
+        st.ops -= 1;
+        self.sh.touch(key, st);
+        let (dead, fd) = (st.has(flag::SEND_DEAD), st.fd);
+        let q = st
+            .send
+            .as_mut()
+            .expect("a send completed without a send queue");
+        match result {
+            Sent::Bytes(n) => {
+                add(&self.sh.metrics.bytes_sent, u64::from(n));
+                match q.complete(n as usize) {
+                    Some(op) if !dead => {
+                        let op = send_op(key, fd, op);
+                        self.sh.submit(st, op);
+                    }
+                    Some(_) => q.abort(),
+                    None => {}
+                }
+            }
+            Sent::PeerGone => {
+                q.abort();
+                st.set(flag::SEND_DEAD);
+                if st.phase == Phase::Open || st.phase == Phase::Handshaking {
+                    self.end_tcp(key);
+                }
+            }
+        }
+    }
+
+    /// End-of-turn work for one touched slot.
+    fn settle(&mut self, key: Key) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let st = &mut slot.st;
+        st.clear(flag::DIRTY);
+        if st.has(flag::RECV_REARM) && st.phase != Phase::Closed && !st.has(flag::PEER_DONE) {
+            st.clear(flag::RECV_REARM);
+            st.set(flag::RECV_ARMED);
+            let fd = st.fd;
+            self.sh.submit(
+                st,
+                Op::Recv {
+                    key,
+                    fd,
+                    group: RECV_GROUP,
+                },
+            );
+        }
+        self.start_send(key);
+        self.drive_close(key);
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        if slot.st.phase == Phase::Closed && slot.st.ops == 0 {
+            self.free(key);
+        }
+    }
+
+    fn start_send(&mut self, key: Key) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let st = &mut slot.st;
+        let (dead, fd) = (st.has(flag::SEND_DEAD), st.fd);
+        let Some(q) = st.send.as_mut() else { return };
+        if dead {
+            q.discard_queued();
+        } else if let Some(op) = q.start() {
+            let op = send_op(key, fd, op);
+            self.sh.submit(st, op);
+            return;
+        }
+        if !q.is_empty() {
+            return;
+        }
+        let q = st.send.take().expect("checked above");
+        self.sh.pool.give_back(q);
+        if st.has(flag::WANT_DRAIN) && !st.has(flag::OVERFLOW) && st.phase == Phase::Open {
+            st.clear(flag::WANT_DRAIN);
+            let Some((mut ctx, _, handler)) = self.ctx(key, true) else {
+                return;
+            };
+            let id = ctx.sh.id(key);
+            handler.on_drain(&mut Conn::new(id, &mut ctx));
+        }
+    }
+
+    /// A shared frame for one connection (fanout, or a Publisher send).
+    fn deliver(&mut self, key: Key, frame: Bytes) {
+        if let Some((mut ctx, _, _)) = self.ctx(key, true) {
+            ctx.push_shared(frame);
+        }
+    }
+
+    // ----- deferred work and mail ----------------------------------------------------------
+
+    fn run_deferred(&mut self, d: Deferred) {
+        match d {
+            Deferred::Close(key, code, reason) => self.close_ws(key, code, &reason),
+            Deferred::Publish(topic, frame) => {
+                let Some(subs) = self.sh.topics.get(&*topic) else {
+                    return;
+                };
+                let mut keys = std::mem::take(&mut self.keys);
+                keys.clear();
+                keys.extend_from_slice(subs);
+                for &k in &keys {
+                    self.deliver(k, frame.clone());
+                }
+                self.keys = keys;
+            }
+            Deferred::Broadcast(frame) => {
+                let mut keys = std::mem::take(&mut self.keys);
+                self.slots.keys(&mut keys);
+                for &k in &keys {
+                    self.deliver(k, frame.clone());
+                }
+                self.keys = keys;
+            }
+            Deferred::Backpressure(key, queued, what) => {
+                let id = self.sh.id(key);
+                self.handler.on_backpressure(id, queued, what);
+            }
+        }
+    }
+
+    /// Starts our close handshake (handler close, backpressure, shutdown).
+    fn close_ws(&mut self, key: Key, code: u16, reason: &str) {
+        let Some((ctx, core, _)) = self.ctx(key, true) else {
+            return;
+        };
+        if ctx.st.phase != Phase::Open || core.state() != State::Open {
+            return;
+        }
+        ctx.st.close_code = code;
+        ctx.st.close_reason = (!reason.is_empty()).then(|| reason.into());
+        core.close(code, reason, &mut CtlSink(ctx));
+        self.after_core(key);
+    }
+
+    fn on_mail(&mut self, mail: Mail) {
+        match mail {
+            Mail::Send(id, frame) => {
+                if id.worker() == usize::from(self.sh.worker) {
+                    self.deliver(
+                        Key {
+                            index: id.index(),
+                            generation: id.generation(),
+                        },
+                        frame,
+                    );
+                }
+            }
+            Mail::Publish(topic, frame) => {
+                self.sh.deferred.push_back(Deferred::Publish(topic, frame))
+            }
+            Mail::Broadcast(frame) => self.sh.deferred.push_back(Deferred::Broadcast(frame)),
+            Mail::Shutdown => self.begin_stop(),
+        }
+    }
+
+    /// Graceful shutdown: stop accepting, Close 1001 to every connection, and leave once all
+    /// are gone or the close timeout has passed.
+    fn begin_stop(&mut self) {
+        if self.stop_at_ms.is_some() {
+            return;
+        }
+        self.stop_at_ms = Some(self.now_ms + self.cfg.close_timeout_ms);
+        if self.accept.armed {
+            self.sh.ops.push(Op::CancelAccept);
+        }
+        let mut keys = std::mem::take(&mut self.keys);
+        self.slots.keys(&mut keys);
+        for &k in &keys {
+            match self.slots.get(k).map(|s| s.st.phase) {
+                Some(Phase::Handshaking) => self.force_close(k),
+                Some(Phase::Open) => {
+                    self.close_ws(k, close_code::GOING_AWAY, "server shutting down")
+                }
+                _ => {}
+            }
+        }
+        self.keys = keys;
+    }
+
+    /// Whether the worker may leave its loop.
+    fn finished(&mut self) -> bool {
+        let Some(stop_at) = self.stop_at_ms else {
+            return false;
+        };
+        if self.slots.is_empty() && !self.accept.armed {
+            return true;
+        }
+        if self.now_ms >= stop_at && !self.forced_all {
+            self.forced_all = true;
+            let mut keys = std::mem::take(&mut self.keys);
+            self.slots.keys(&mut keys);
+            for &k in &keys {
+                self.force_close(k);
+            }
+            self.keys = keys;
+        }
+        self.now_ms >= stop_at + STOP_GRACE_MS
+    }
+
+    /// Runs deferred work and settles touched slots until nothing is left.
+    fn flush(&mut self) {
+        loop {
+            while let Some(d) = self.sh.deferred.pop_front() {
+                self.run_deferred(d);
+            }
+            if self.sh.dirty.is_empty() {
+                break;
+            }
+            let mut dirty = std::mem::take(&mut self.dirty);
+            std::mem::swap(&mut dirty, &mut self.sh.dirty);
+            for &k in &dirty {
+                self.settle(k);
+            }
+            dirty.clear();
+            self.dirty = dirty;
+        }
+        let a = &self.accept;
+        if !a.armed && !a.paused && self.now_ms >= a.retry_at_ms && self.stop_at_ms.is_none() {
+            self.accept.armed = true;
+            self.sh.ops.push(Op::Accept {
+                listener: self.listener.as_raw_fd(),
+            });
+        }
+    }
+
+    /// How long the loop may sleep: until the next timer (or the stop deadline).
+    fn wait_ms(&self) -> Option<u64> {
+        let stop = self.stop_at_ms.map(|s| {
+            if self.forced_all {
+                s + STOP_GRACE_MS
+            } else {
+                s
+            }
+        });
+        let retry = (self.accept.retry_at_ms > self.now_ms).then_some(self.accept.retry_at_ms);
+        let next = [self.wheel.next_deadline_ms(), stop, retry]
+            .into_iter()
+            .flatten()
+            .min();
+        next.map(|d| d.saturating_sub(self.now_ms).max(1))
+    }
+}
+
+fn send_op(key: Key, fd: u32, op: SendOp) -> Op {
+    match op {
+        SendOp::Buf(buf, len) => Op::Send { key, fd, buf, len },
+        SendOp::Msg(msg) => Op::SendMsg { key, fd, msg },
+    }
+}
+
+fn discarded(mut q: Box<SendQueue>) -> Box<SendQueue> {
+    q.abort();
+    q
+}
+
+/// The worker: ring, receive buffers, engine.
+struct Worker<H> {
+    ring: Ring,
+    recv: RecvPool,
+    eng: Engine<H>,
+    cqes: Vec<Completion>,
+    wake_buf: &'static mut u64,
+    mail: Vec<Mail>,
+}
+
+impl<H: Handler> Worker<H> {
+    fn new(setup: WorkerSetup, handler: H) -> io::Result<Worker<H>> {
+        let cfg = setup.cfg.clone();
+        let ring = Ring::new(cfg.ring_entries)?;
+        let table = cfg.connections_per_worker_max + SPARE_FIXED_FILES;
+        ring.submitter().register_files_sparse(table).map_err(|e| {
+            io::Error::new(e.kind(), format!("registering {table} fixed files: {e}"))
+        })?;
+        let recv = RecvPool::new(
+            &ring,
+            RECV_GROUP,
+            cfg.recv_buffers_per_worker,
+            cfg.recv_buffer_bytes,
+        )?;
+        let now_ms = sys::now_ms();
+        let sh = Shared {
+            worker: setup.id,
+            ops: Vec::new(),
+            pool: Default::default(),
+            topics: HashMap::new(),
+            deferred: VecDeque::new(),
+            dirty: Vec::new(),
+            metrics: setup.metrics,
+            all_metrics: setup.all_metrics,
+            publisher: setup.publisher,
+            send_queue_bytes_max: cfg.send_queue_bytes_max,
+            policy: cfg.backpressure,
+        };
+        let eng = Engine {
+            limits: Limits::from_config(&cfg),
+            wheel: TimerWheel::new(table as usize, TICK_MS, WHEEL_SLOTS, now_ms),
+            cfg,
+            listener: setup.listener,
+            handler,
+            slots: Slots::new(),
+            sh,
+            now_ms,
+            accept: AcceptState::default(),
+            handshaking: 0,
+            stop_at_ms: None,
+            forced_all: false,
+            keys: Vec::new(),
+            dirty: Vec::new(),
+            fired: Vec::new(),
+            mask_seed: now_ms | 1,
+        };
+        let wake_buf = Box::leak(Box::new(0u64));
+        Ok(Worker {
+            ring,
+            recv,
+            eng,
+            cqes: Vec::new(),
+            wake_buf,
+            mail: Vec::new(),
+        })
+    }
+
+    fn arm_wake(&mut self) {
+        let fd = self
+            .eng
+            .sh
+            .publisher
+            .mailbox(usize::from(self.eng.sh.worker))
+            .wake_fd();
+        let buf: *mut u64 = &mut *self.wake_buf;
+        self.eng.sh.ops.push(Op::Wake { fd, buf });
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        self.arm_wake();
+        loop {
+            self.eng.now_ms = sys::now_ms();
+            self.eng.fire_timers();
+            self.eng.flush();
+            if self.eng.finished() {
+                return Ok(());
+            }
+            for op in self.eng.sh.ops.drain(..) {
+                // SAFETY: send ops point into a boxed `SendQueue` owned by a slot that is not
+                // freed (nor its queue returned) while the op is in flight (`ops > 0`); the wake
+                // buffer is leaked, so it outlives the ring; the other ops carry no pointers
+                // (NoDelay's option value is a static).
+                unsafe { self.ring.push(op) };
+            }
+            let wait = self.eng.wait_ms();
+            self.ring.submit_and_wait(wait, &mut self.cqes)?;
+            self.eng.now_ms = sys::now_ms();
+            let cqes = std::mem::take(&mut self.cqes);
+            for c in &cqes {
+                self.complete(*c);
+            }
+            self.cqes = cqes;
+        }
+    }
+
+    fn complete(&mut self, c: Completion) {
+        let Some(event) = c.event() else { return };
+        match event {
+            Event::Accept { result, more } => self.eng.on_accept(result, more),
+            Event::Recv {
+                key,
+                result,
+                buffer,
+                more,
+            } => {
+                if let Received::Data { bid, len } = result {
+                    // Parsed in place, then given back at once.
+                    self.eng.on_data(key, self.recv.buffer(bid, len));
+                    self.recv.give_back(bid);
+                } else if let Some(bid) = buffer {
+                    self.recv.give_back(bid);
+                }
+                self.eng.on_recv_end(key, result, more);
+            }
+            Event::Send { key, result } => self.eng.on_sent(key, result),
+            Event::NoDelay { key } => {
+                if let Some(slot) = self.eng.slots.get(key) {
+                    slot.st.ops -= 1;
+                    self.eng.sh.touch(key, &mut slot.st);
+                }
+            }
+            Event::Shutdown { key } => self.eng.on_shutdown_done(key),
+            Event::Close { key } => self.eng.on_close_done(key),
+            Event::Wake => self.on_wake(),
+            Event::CancelAccept => {}
+        }
+    }
+
+    fn on_wake(&mut self) {
+        let worker = usize::from(self.eng.sh.worker);
+        self.eng.sh.publisher.mailbox(worker).take(&mut self.mail);
+        let mut mail = std::mem::take(&mut self.mail);
+        for m in mail.drain(..) {
+            self.eng.on_mail(m);
+        }
+        self.mail = mail;
+        self.arm_wake();
+    }
+
+    /// Leaves the ring quiescent before buffers are dropped; if it is not, leaks them rather
+    /// than let the kernel write into freed memory.
+    fn finish(mut self) {
+        let quiet = self.eng.slots.is_empty();
+        if !quiet {
+            eprintln!(
+                "ringws worker {}: {} connections still busy at exit; leaking their buffers",
+                self.eng.sh.worker,
+                self.eng.slots.len()
+            );
+        }
+        let _ = self.ring.submit();
+        drop(self.ring);
+        if !quiet {
+            std::mem::forget(self.recv);
+            std::mem::forget(self.eng.slots);
+        }
+    }
+}
+
+/// Runs a worker on the calling thread until shutdown. `ready` gets `Ok` once the worker
+/// accepts (or the set-up error).
+pub(crate) fn run<H: Handler>(
+    setup: WorkerSetup,
+    handler: impl FnOnce() -> H,
+    ready: Sender<io::Result<()>>,
+) -> io::Result<()> {
+    let mut worker = match Worker::new(setup, handler()) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+            return Err(e);
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let res = worker.run();
+    worker.finish();
+    res
+}
