@@ -136,7 +136,12 @@ impl<T: Clone> Hub<T> {
 
 /// utime + stime of this process, in clock ticks (from /proc/self/stat).
 pub fn cpu_ticks_self() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_ticks("self")
+}
+
+/// utime + stime of process `pid` ("self" for this one), in clock ticks; 0 if unreadable.
+pub fn cpu_ticks(pid: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the ")" of the command name: state is field 3, utime 14, stime 15.
     let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();

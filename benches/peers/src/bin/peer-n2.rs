@@ -8,14 +8,14 @@
 //! handshake written by hand, frames only counted (server frames are unmasked: parse the header,
 //! skip the payload), and each client's masked frame built once.
 //!
-//! `peer-n2 --port P [--conns 320] [--size 20] [--warmup-s 2] [--duration-s 8]`
+//! `peer-n2 --port P [--conns 320] [--size 20] [--warmup-s 2] [--duration-s 8] [--server-pid PID]`
 //! prints one line: `n2 conns=C size=S deliveries=D seconds=T deliveries_per_s=R client_cpu_pct=P`
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ringws_peers::{cpu_ticks_self, run_local};
+use ringws_peers::{cpu_ticks, cpu_ticks_self, run_local};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -25,6 +25,7 @@ struct Opts {
     size: usize,
     warmup_s: f64,
     duration_s: f64,
+    server_pid: Option<String>,
 }
 
 fn opts() -> Result<Opts, String> {
@@ -34,6 +35,7 @@ fn opts() -> Result<Opts, String> {
         size: 20,
         warmup_s: 2.0,
         duration_s: 8.0,
+        server_pid: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -47,6 +49,7 @@ fn opts() -> Result<Opts, String> {
             "--size" => o.size = v.parse().map_err(bad)?,
             "--warmup-s" => o.warmup_s = v.parse().map_err(badf)?,
             "--duration-s" => o.duration_s = v.parse().map_err(badf)?,
+            "--server-pid" => o.server_pid = Some(v.parse::<u32>().map_err(bad)?.to_string()),
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -163,23 +166,40 @@ async fn run(o: Opts) {
         tokio::task::spawn_local(client(s, rest, frame, o.conns, total));
     }
     tokio::time::sleep(Duration::from_secs_f64(o.warmup_s)).await;
-    let (d0, c0, t0) = (total.get(), cpu_ticks_self(), Instant::now());
+    let server = o.server_pid.as_deref().unwrap_or("self");
+    let (d0, c0, s0, t0) = (
+        total.get(),
+        cpu_ticks_self(),
+        cpu_ticks(server),
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs_f64(o.duration_s)).await;
-    let (d1, c1, secs) = (total.get(), cpu_ticks_self(), t0.elapsed().as_secs_f64());
+    let (d1, c1, s1) = (total.get(), cpu_ticks_self(), cpu_ticks(server));
+    let secs = t0.elapsed().as_secs_f64();
+    // Clock ticks are 10 ms (CLK_TCK = 100 here and on every common Linux build).
     let cpu_pct = (c1 - c0) as f64 / 100.0 / secs * 100.0;
-    println!(
-        "n2 conns={} size={} deliveries={} seconds={secs:.3} deliveries_per_s={:.0} client_cpu_pct={cpu_pct:.0}",
+    let deliveries = d1 - d0;
+    let mut line = format!(
+        "n2 conns={} size={} deliveries={deliveries} seconds={secs:.3} deliveries_per_s={:.0} client_cpu_pct={cpu_pct:.0}",
         o.conns,
         o.size,
-        d1 - d0,
-        (d1 - d0) as f64 / secs
+        deliveries as f64 / secs
     );
+    if o.server_pid.is_some() {
+        let server_s = (s1 - s0) as f64 / 100.0;
+        let ns = server_s * 1e9 / deliveries.max(1) as f64;
+        line += &format!(
+            " server_cpu_pct={:.0} server_ns_per_delivery={ns:.1}",
+            server_s / secs * 100.0
+        );
+    }
+    println!("{line}");
     std::process::exit(0);
 }
 
 fn main() {
     let o = opts().unwrap_or_else(|e| {
-        eprintln!("peer-n2: {e}\nusage: peer-n2 --port P [--conns 320] [--size 20] [--warmup-s 2] [--duration-s 8]");
+        eprintln!("peer-n2: {e}\nusage: peer-n2 --port P [--conns 320] [--size 20] [--warmup-s 2] [--duration-s 8] [--server-pid PID]");
         std::process::exit(2)
     });
     run_local(run(o));
