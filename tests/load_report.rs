@@ -164,7 +164,7 @@ fn command_line_parses_and_refuses_non_loopback_targets() {
         40,
         "90% of the ports of each address"
     );
-    assert_eq!(a.src_ip_count(64_512), 18);
+    assert_eq!(a.src_ip_count(64_512), 39);
     assert!(args("echo --url ws://10.0.0.1:9001/").is_err());
     assert!(args("echo --url ws://example.com:9001/").is_err());
     assert!(
