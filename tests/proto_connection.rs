@@ -152,7 +152,11 @@ fn control_frames_between_fragments() {
 
 /// A stream touching every path: small and large messages, fragments, controls, empty frames.
 fn mixed_stream() -> Vec<u8> {
-    let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    mixed_stream_with(70_000)
+}
+
+fn mixed_stream_with(big_len: u32) -> Vec<u8> {
+    let big: Vec<u8> = (0..big_len).map(|i| (i % 251) as u8).collect();
     let mut s = cf(true, OpCode::Text, "héllo €𝄞".as_bytes());
     s.extend(cf(true, OpCode::Binary, &big));
     s.extend(cf(true, OpCode::Binary, &[]));
@@ -189,6 +193,19 @@ fn every_split_point_gives_identical_events() {
     let cuts: Vec<usize> = (1..s.len()).collect();
     let (ev, _, _) = feed_pieces(&s, &cuts, Limits::default());
     assert_eq!(ev, whole);
+}
+
+#[test]
+fn every_split_point_of_a_small_stream_exhaustively() {
+    // 16-bit lengths, fragments, controls and a close: every cut, no sampling.
+    let s = mixed_stream_with(400);
+    let (whole, r, _) = feed(&s);
+    assert!(r.is_ok());
+    assert_eq!(whole.iter().filter(|e| matches!(e, Ev::Msg(..))).count(), 5);
+    for cut in 0..=s.len() {
+        let (ev, r2, st) = feed_pieces(&s, &[cut], Limits::default());
+        assert_eq!((&ev, r2, st), (&whole, Ok(()), State::Closed), "cut {cut}");
+    }
 }
 
 #[test]

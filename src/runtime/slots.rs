@@ -260,3 +260,15 @@ mod tests {
         slots.remove(a);
     }
 }
+
+#[cfg(test)]
+mod size {
+    /// The per-connection user-space footprint of an idle OPEN connection is this slot (plus its
+    /// share of the slab's spare capacity); keep it small.
+    #[test]
+    fn slot_stays_small() {
+        let slot = size_of::<super::Slot>();
+        assert!(slot <= 256, "Slot is {slot} bytes");
+        assert!(size_of::<super::ConnState>() <= 96);
+    }
+}

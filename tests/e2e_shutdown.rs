@@ -1,0 +1,57 @@
+//! Graceful shutdown of the real binary: SIGTERM → every client gets Close 1001 → exit 0.
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use common::{Client, Event};
+
+#[test]
+fn sigterm_sends_1001_to_everyone_and_exits_0() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringws"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--no-pin",
+            "--close-timeout-ms",
+            "3000",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ws://")
+        .unwrap_or_else(|| panic!("{line}"))
+        .parse()
+        .unwrap();
+    let mut clients: Vec<Client> = (0..50).map(|_| Client::connect(addr).unwrap()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send_text(&i.to_string()).unwrap();
+        assert_eq!(c.recv().unwrap(), Event::Text(i.to_string()));
+    }
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    for c in &mut clients {
+        assert_eq!(c.recv_close().unwrap().0, 1001);
+    }
+    // Our clients answered the Close; the server ends TCP first.
+    for c in &mut clients {
+        c.read_to_eof().unwrap();
+    }
+    drop(clients);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer listening"
+    );
+}
