@@ -36,11 +36,17 @@ fn main() -> ExitCode {
             let _ = fs::create_dir_all(dir);
         }
         let chart = out.with_extension("svg");
-        if let Err(e) = fs::write(out, report.to_json()).and_then(|()| fs::write(&chart, svg::render(&report))) {
+        if let Err(e) =
+            fs::write(out, report.to_json()).and_then(|()| fs::write(&chart, svg::render(&report)))
+        {
             eprintln!("ringws-load: writing {}: {e}", out.display());
             return ExitCode::from(1);
         }
         println!("report: {}  chart: {}", out.display(), chart.display());
     }
-    if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

@@ -6,7 +6,7 @@
 pub mod args;
 pub mod payload;
 pub mod report;
+pub mod run;
 pub mod seq;
 pub mod stats;
 pub mod svg;
-pub mod run;

@@ -36,7 +36,10 @@ pub fn check_echo(got: &[u8], template: &[u8], counter: u64) -> bool {
 
 /// Writes a fanout payload: sequence number, timestamp, filler.
 pub fn write_fanout(out: &mut [u8], seq: u64, sent_ns: u64) {
-    assert!(out.len() >= FANOUT_HEADER_BYTES, "fanout payload needs 16 bytes");
+    assert!(
+        out.len() >= FANOUT_HEADER_BYTES,
+        "fanout payload needs 16 bytes"
+    );
     out[..8].copy_from_slice(&seq.to_le_bytes());
     out[8..16].copy_from_slice(&sent_ns.to_le_bytes());
     for (i, b) in out.iter_mut().enumerate().skip(FANOUT_HEADER_BYTES) {

@@ -83,6 +83,8 @@ pub struct Report {
     pub errors: Errors,
     pub rss: Rss,
     pub timeline: Vec<Sample>,
+    /// Multishot receives the client re-armed because its buffer ring ran dry (diagnostic).
+    pub client_recv_enobufs: u64,
 }
 
 fn per_s(count: u64, secs: f64) -> f64 {
@@ -140,7 +142,10 @@ impl Report {
 
     /// Peak of the sampled server RSS.
     pub fn server_rss_bytes(&self) -> u64 {
-        self.rss.start_bytes.max(self.rss.connected_bytes).max(self.rss.end_bytes)
+        self.rss
+            .start_bytes
+            .max(self.rss.connected_bytes)
+            .max(self.rss.end_bytes)
     }
 
     /// Server memory added per open connection, from the start and connected samples.
@@ -148,11 +153,17 @@ impl Report {
         if self.connected == 0 || self.rss.connected_bytes == 0 {
             return 0.0;
         }
-        self.rss.connected_bytes.saturating_sub(self.rss.start_bytes) as f64 / self.connected as f64
+        self.rss
+            .connected_bytes
+            .saturating_sub(self.rss.start_bytes) as f64
+            / self.connected as f64
     }
 
     pub fn broadcasts_complete(&self, subscribers: u64) -> usize {
-        self.broadcasts.iter().filter(|b| b.deliveries as u64 >= subscribers).count()
+        self.broadcasts
+            .iter()
+            .filter(|b| b.deliveries as u64 >= subscribers)
+            .count()
     }
 
     /// A run passes with no error of any kind (fanout: nothing missing or out of order).
@@ -181,18 +192,37 @@ impl Report {
             ("latency_p999_us", num(us(self.latency_p999_ns))),
             ("latency_max_us", num(us(self.latency_max_ns))),
             ("broadcasts", num(self.broadcasts.len() as f64)),
-            ("broadcasts_complete", num(self.broadcasts_complete(self.connections) as f64)),
-            ("fanout_complete_p50_ms", num(ms(self.fanout_complete_p50_ns))),
-            ("fanout_complete_p99_ms", num(ms(self.fanout_complete_p99_ns))),
-            ("fanout_complete_max_ms", num(ms(self.fanout_complete_max_ns))),
+            (
+                "broadcasts_complete",
+                num(self.broadcasts_complete(self.connections) as f64),
+            ),
+            (
+                "fanout_complete_p50_ms",
+                num(ms(self.fanout_complete_p50_ns)),
+            ),
+            (
+                "fanout_complete_p99_ms",
+                num(ms(self.fanout_complete_p99_ns)),
+            ),
+            (
+                "fanout_complete_max_ms",
+                num(ms(self.fanout_complete_max_ns)),
+            ),
             ("missing", num(e.missing as f64)),
             ("out_of_order", num(e.out_of_order as f64)),
             ("errors", num(e.total() as f64)),
             ("server_rss_bytes", num(self.server_rss_bytes() as f64)),
             ("server_rss_start_bytes", num(self.rss.start_bytes as f64)),
-            ("server_rss_connected_bytes", num(self.rss.connected_bytes as f64)),
+            (
+                "server_rss_connected_bytes",
+                num(self.rss.connected_bytes as f64),
+            ),
             ("server_rss_end_bytes", num(self.rss.end_bytes as f64)),
-            ("server_rss_per_conn_bytes", num(self.server_rss_per_conn_bytes())),
+            (
+                "server_rss_per_conn_bytes",
+                num(self.server_rss_per_conn_bytes()),
+            ),
+            ("client_recv_enobufs", num(self.client_recv_enobufs as f64)),
             ("passed", self.passed().to_string()),
         ]
     }
@@ -202,13 +232,23 @@ impl Report {
         format!(
             "{{\"connect\": {}, \"handshake\": {}, \"closed\": {}, \"protocol\": {}, \"mismatch\": {}, \
              \"missing\": {}, \"out_of_order\": {}, \"deadline\": {}}}",
-            e.connect, e.handshake, e.closed, e.protocol, e.mismatch, e.missing, e.out_of_order, e.deadline
+            e.connect,
+            e.handshake,
+            e.closed,
+            e.protocol,
+            e.mismatch,
+            e.missing,
+            e.out_of_order,
+            e.deadline
         )
     }
 
     fn arrays_json(&self, out: &mut String) {
-        let curve: Vec<String> =
-            self.latency_curve.iter().map(|&(p, v)| format!("[{}, {}]", num(p), num(us(v)))).collect();
+        let curve: Vec<String> = self
+            .latency_curve
+            .iter()
+            .map(|&(p, v)| format!("[{}, {}]", num(p), num(us(v))))
+            .collect();
         let _ = writeln!(out, "  \"latency_curve_us\": [{}],", curve.join(", "));
         let timeline: Vec<String> = self
             .timeline
@@ -224,7 +264,11 @@ impl Report {
                 )
             })
             .collect();
-        let _ = writeln!(out, "  \"timeline\": [\n    {}\n  ],", timeline.join(",\n    "));
+        let _ = writeln!(
+            out,
+            "  \"timeline\": [\n    {}\n  ],",
+            timeline.join(",\n    ")
+        );
         let per: Vec<String> = self
             .broadcasts
             .iter()
@@ -238,7 +282,11 @@ impl Report {
                 )
             })
             .collect();
-        let _ = writeln!(out, "  \"per_broadcast\": [\n    {}\n  ]", per.join(",\n    "));
+        let _ = writeln!(
+            out,
+            "  \"per_broadcast\": [\n    {}\n  ]",
+            per.join(",\n    ")
+        );
     }
 
     pub fn to_json(&self) -> String {

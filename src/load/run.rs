@@ -30,7 +30,9 @@ pub fn ports_per_ip() -> u32 {
 /// VmRSS of a process in bytes, from /proc/PID/status; 0 if unreadable.
 pub fn rss_bytes(pid: Option<u32>) -> u64 {
     let Some(pid) = pid else { return 0 };
-    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else { return 0 };
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -51,7 +53,8 @@ pub fn setups(args: &Args, workers: u32) -> Vec<Setup> {
                 conns,
                 first_id,
                 publisher: w == 0 && args.scenario == Scenario::Fanout,
-                cpu: (!args.pin_cpus.is_empty()).then(|| args.pin_cpus[w as usize % args.pin_cpus.len()]),
+                cpu: (!args.pin_cpus.is_empty())
+                    .then(|| args.pin_cpus[w as usize % args.pin_cpus.len()]),
             };
             first_id += u64::from(conns) + u64::from(s.publisher);
             assert!(conns + u32::from(s.publisher) <= CONNS_PER_WORKER_MAX);
@@ -101,7 +104,10 @@ pub fn run(args: &Args) -> io::Result<Report> {
     let src_ips = args.src_ip_count(ports_per_ip());
     let plan = Arc::new(plan(args, src_ips));
     let shared = Arc::new(Shared::new());
-    let mut rss = Rss { start_bytes: rss_bytes(args.server_pid), ..Rss::default() };
+    let mut rss = Rss {
+        start_bytes: rss_bytes(args.server_pid),
+        ..Rss::default()
+    };
     let handles: Vec<_> = setups(args, workers)
         .into_iter()
         .map(|s| {
@@ -145,7 +151,12 @@ fn handles_len(workers: u32) -> usize {
 fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>) -> Clock {
     let total = u64::from(args.total_conns());
     let deadline_ns = args.deadline_ms() * 1_000_000;
-    let mut clock = Clock { connect_end_ns: 0, run_start_ns: 0, run_end_ns: 0, deadline_hit: false };
+    let mut clock = Clock {
+        connect_end_ns: 0,
+        run_start_ns: 0,
+        run_end_ns: 0,
+        deadline_hit: false,
+    };
     let mut p = phase::CONNECT;
     let mut last = (0u64, 0u64); // (time, messages) at the last sample
     let mut drain_start_ns = 0;
@@ -153,7 +164,10 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
         thread::sleep(Duration::from_millis(100));
         let now = shared.now_ns();
         if now >= deadline_ns {
-            eprintln!("ringws-load: run deadline reached in phase {}", phase_name(p));
+            eprintln!(
+                "ringws-load: run deadline reached in phase {}",
+                phase_name(p)
+            );
             clock.deadline_hit = true;
             clock.run_end_ns = now;
             break;
@@ -165,23 +179,27 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
         let failed = shared.failed.load(Ordering::Relaxed);
         match p {
             phase::CONNECT if open + failed >= total => {
-                clock.connect_end_ns = now;
+                clock.connect_end_ns = shared.last_open_ns.load(Ordering::Relaxed).max(1);
                 rss.connected_bytes = rss_bytes(args.server_pid);
                 if args.scenario == Scenario::Connect || open == 0 {
                     clock.run_end_ns = now;
                     break;
                 }
                 clock.run_start_ns = shared.now_ns();
-                shared.run_start_ns.store(clock.run_start_ns, Ordering::Release);
+                shared
+                    .run_start_ns
+                    .store(clock.run_start_ns, Ordering::Release);
                 p = phase::RUN;
                 shared.phase.store(p, Ordering::Release);
             }
-            phase::RUN if args.scenario != Scenario::Fanout => {
-                if now >= clock.run_start_ns + args.duration_ms * 1_000_000 {
-                    clock.run_end_ns = now;
-                    break;
-                }
+            phase::RUN
+                if args.scenario != Scenario::Fanout
+                    && now >= clock.run_start_ns + args.duration_ms * 1_000_000 =>
+            {
+                clock.run_end_ns = now;
+                break;
             }
+            phase::RUN if args.scenario != Scenario::Fanout => {}
             phase::RUN if shared.publish_done.load(Ordering::Acquire) => {
                 drain_start_ns = now;
                 p = phase::DRAIN;
@@ -214,7 +232,11 @@ fn sample(
 ) -> (u64, u64) {
     let messages = shared.messages.load(Ordering::Relaxed);
     let secs = (now - last.0) as f64 / 1e9;
-    let rate = if secs > 0.0 { (messages - last.1) as f64 / secs } else { 0.0 };
+    let rate = if secs > 0.0 {
+        (messages - last.1) as f64 / secs
+    } else {
+        0.0
+    };
     let fanout = args.scenario == Scenario::Fanout;
     let s = Sample {
         t_s: now as f64 / 1e9,
@@ -246,6 +268,7 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         broadcasts.merge(&o.broadcasts);
         report.errors.add(&o.errors);
         report.messages += o.messages;
+        report.client_recv_enobufs += o.recv_enobufs;
         published = published.max(o.published);
     }
     // The connected count includes the publisher; the report counts subscribers.

@@ -19,7 +19,8 @@ impl Default for Latency {
 
 impl Latency {
     pub fn new() -> Self {
-        let hist = Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("valid histogram bounds");
+        let hist =
+            Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("valid histogram bounds");
         Latency { hist }
     }
 
@@ -28,7 +29,9 @@ impl Latency {
     }
 
     pub fn merge(&mut self, other: &Latency) {
-        self.hist.add(&other.hist).expect("histograms with equal bounds");
+        self.hist
+            .add(&other.hist)
+            .expect("histograms with equal bounds");
     }
 
     pub fn count(&self) -> u64 {
@@ -44,7 +47,11 @@ impl Latency {
     }
 
     pub fn max_ns(&self) -> u64 {
-        if self.hist.is_empty() { 0 } else { self.hist.max() }
+        if self.hist.is_empty() {
+            0
+        } else {
+            self.hist.max()
+        }
     }
 
     /// Points `(percentile, value_ns)` for a percentile curve: 0, 50, 90, 99, 99.9, … up to the max.
@@ -53,7 +60,9 @@ impl Latency {
         if self.hist.is_empty() {
             return points;
         }
-        for p in [0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99, 99.999] {
+        for p in [
+            0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99, 99.999,
+        ] {
             points.push((p, self.hist.value_at_percentile(p)));
         }
         points.push((100.0, self.hist.max()));
@@ -123,7 +132,11 @@ impl Broadcasts {
                         deliveries: d,
                         complete_ns: self.last_ns[i].saturating_sub(self.sent_ns[i]),
                     },
-                    _ => BroadcastResult { seq, deliveries: 0, complete_ns: 0 },
+                    _ => BroadcastResult {
+                        seq,
+                        deliveries: 0,
+                        complete_ns: 0,
+                    },
                 }
             })
             .collect()

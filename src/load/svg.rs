@@ -34,11 +34,15 @@ impl Panel {
 
 /// A round axis maximum at or above `v` (1, 2 or 5 times a power of ten).
 pub fn nice_max(v: f64) -> f64 {
-    if !(v > 0.0) || !v.is_finite() {
+    if v.is_nan() || v <= 0.0 || !v.is_finite() {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * p).find(|&c| c >= v).unwrap_or(10.0 * p)
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|&c| c >= v)
+        .unwrap_or(10.0 * p)
 }
 
 /// 1234567 → "1.23M": short labels for axes.
@@ -92,9 +96,15 @@ fn axes(out: &mut String, p: &Panel, title: &str, x_label: &str, y_label: &str) 
 }
 
 fn polyline(out: &mut String, p: &Panel, points: &[(f64, f64)], color: &str, dash: bool) {
-    let pts: Vec<String> =
-        points.iter().map(|&(x, y)| format!("{:.1},{:.1}", p.px(x), p.py(y))).collect();
-    let dash = if dash { r#" stroke-dasharray="6 4""# } else { "" };
+    let pts: Vec<String> = points
+        .iter()
+        .map(|&(x, y)| format!("{:.1},{:.1}", p.px(x), p.py(y)))
+        .collect();
+    let dash = if dash {
+        r#" stroke-dasharray="6 4""#
+    } else {
+        ""
+    };
     let _ = writeln!(
         out,
         r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#,
@@ -117,28 +127,65 @@ fn x_ticks(out: &mut String, p: &Panel, ticks: &[(f64, String)]) {
 
 fn rate_panel(out: &mut String, r: &Report, y0: f64) {
     let fanout = r.scenario == "fanout";
-    let rate = |s: &super::report::Sample| if fanout { s.deliveries_per_s } else { s.messages_per_s };
+    let rate = |s: &super::report::Sample| {
+        if fanout {
+            s.deliveries_per_s
+        } else {
+            s.messages_per_s
+        }
+    };
     let t_max = r.timeline.last().map_or(1.0, |s| s.t_s).max(1.0);
     let y_max = nice_max(r.timeline.iter().map(rate).fold(0.0, f64::max));
-    let p = Panel { y0, x_max: t_max, y_max };
+    let p = Panel {
+        y0,
+        x_max: t_max,
+        y_max,
+    };
     let what = if fanout { "deliveries/s" } else { "messages/s" };
-    axes(out, &p, &format!("{what} over time ({} connections)", r.connections), "seconds", what);
+    axes(
+        out,
+        &p,
+        &format!("{what} over time ({} connections)", r.connections),
+        "seconds",
+        what,
+    );
     let step = nice_max(t_max / 8.0);
-    let ticks: Vec<(f64, String)> =
-        (0..).map(|i| i as f64 * step).take_while(|&t| t <= t_max).map(|t| (t, short(t))).collect();
+    let ticks: Vec<(f64, String)> = (0..)
+        .map(|i| i as f64 * step)
+        .take_while(|&t| t <= t_max)
+        .map(|t| (t, short(t)))
+        .collect();
     x_ticks(out, &p, &ticks);
     let pts: Vec<(f64, f64)> = r.timeline.iter().map(|s| (s.t_s, rate(s))).collect();
     polyline(out, &p, &pts, "#1f77b4", false);
     // Open connections on their own scale (right axis), dashed.
     let open_max = nice_max(r.timeline.iter().map(|s| s.open as f64).fold(0.0, f64::max));
-    let q = Panel { y0, x_max: t_max, y_max: open_max };
+    let q = Panel {
+        y0,
+        x_max: t_max,
+        y_max: open_max,
+    };
     let pts: Vec<(f64, f64)> = r.timeline.iter().map(|s| (s.t_s, s.open as f64)).collect();
     polyline(out, &q, &pts, "#ff7f0e", true);
     for i in 0..=4 {
         let y = open_max * i as f64 / 4.0;
-        text(out, WIDTH - RIGHT + 6.0, q.py(y) + 4.0, "start", 11, &short(y));
+        text(
+            out,
+            WIDTH - RIGHT + 6.0,
+            q.py(y) + 4.0,
+            "start",
+            11,
+            &short(y),
+        );
     }
-    text(out, WIDTH - RIGHT + 6.0, q.py(open_max) - 10.0, "start", 11, "open (dashed)");
+    text(
+        out,
+        WIDTH - RIGHT + 6.0,
+        q.py(open_max) - 10.0,
+        "start",
+        11,
+        "open (dashed)",
+    );
 }
 
 /// x position of a percentile on a "nines" scale: 0 → 0, 90 → 1, 99 → 2, 99.9 → 3 …
@@ -147,38 +194,79 @@ fn nines(percentile: f64) -> f64 {
     (-rest.log10()).min(5.0)
 }
 
+/// Latency in µs, or in ms when the largest value is past 10 ms: (divisor from ns, unit).
+fn latency_unit(max_ns: u64) -> (f64, &'static str) {
+    if max_ns > 10_000_000 {
+        (1e6, "ms")
+    } else {
+        (1e3, "µs")
+    }
+}
+
 fn latency_panel(out: &mut String, r: &Report, y0: f64) {
-    let y_max = nice_max(r.latency_curve.iter().map(|&(_, v)| v as f64 / 1e3).fold(0.0, f64::max));
-    let p = Panel { y0, x_max: 5.0, y_max };
-    let title = format!(
-        "latency percentiles: p50 {} µs, p99 {} µs, max {} µs",
-        short(r.latency_p50_ns as f64 / 1e3),
-        short(r.latency_p99_ns as f64 / 1e3),
-        short(r.latency_max_ns as f64 / 1e3)
+    let (div, unit) = latency_unit(r.latency_max_ns);
+    let y_max = nice_max(
+        r.latency_curve
+            .iter()
+            .map(|&(_, v)| v as f64 / div)
+            .fold(0.0, f64::max),
     );
-    axes(out, &p, &title, "percentile", "latency (µs)");
+    let p = Panel {
+        y0,
+        x_max: 5.0,
+        y_max,
+    };
+    let title = format!(
+        "latency percentiles: p50 {} {unit}, p99 {} {unit}, max {} {unit}",
+        short(r.latency_p50_ns as f64 / div),
+        short(r.latency_p99_ns as f64 / div),
+        short(r.latency_max_ns as f64 / div)
+    );
+    axes(out, &p, &title, "percentile", &format!("latency ({unit})"));
     let ticks: Vec<(f64, String)> = [0.0, 90.0, 99.0, 99.9, 99.99, 99.999]
         .iter()
         .map(|&q| (nines(q), format!("p{q}")))
         .collect();
     x_ticks(out, &p, &ticks);
-    let pts: Vec<(f64, f64)> =
-        r.latency_curve.iter().map(|&(q, v)| (nines(q), v as f64 / 1e3)).collect();
+    let pts: Vec<(f64, f64)> = r
+        .latency_curve
+        .iter()
+        .map(|&(q, v)| (nines(q), v as f64 / div))
+        .collect();
     polyline(out, &p, &pts, "#2ca02c", false);
 }
 
 fn broadcast_panel(out: &mut String, r: &Report, y0: f64) {
     let shown = &r.broadcasts[..r.broadcasts.len().min(400)];
-    let y_max = nice_max(shown.iter().map(|b| b.complete_ns as f64 / 1e6).fold(0.0, f64::max));
-    let p = Panel { y0, x_max: shown.len().max(1) as f64, y_max };
+    let y_max = nice_max(
+        shown
+            .iter()
+            .map(|b| b.complete_ns as f64 / 1e6)
+            .fold(0.0, f64::max),
+    );
+    let p = Panel {
+        y0,
+        x_max: shown.len().max(1) as f64,
+        y_max,
+    };
     let title = format!(
         "time until the last subscriber got each broadcast (p99 {} ms)",
         short(r.fanout_complete_p99_ns as f64 / 1e6)
     );
-    axes(out, &p, &title, "broadcast (sequence number)", "complete (ms)");
+    axes(
+        out,
+        &p,
+        &title,
+        "broadcast (sequence number)",
+        "complete (ms)",
+    );
     let w = ((WIDTH - LEFT - RIGHT) / p.x_max - 1.0).max(1.0);
     for (i, b) in shown.iter().enumerate() {
-        let color = if b.deliveries as u64 >= r.connections { "#9467bd" } else { "#d62728" };
+        let color = if b.deliveries as u64 >= r.connections {
+            "#9467bd"
+        } else {
+            "#d62728"
+        };
         let (x, y) = (p.px(i as f64), p.py(b.complete_ns as f64 / 1e6));
         let _ = writeln!(
             out,

@@ -102,6 +102,8 @@ pub struct Shared {
     /// Nanoseconds since `epoch` when the RUN phase began.
     pub run_start_ns: AtomicU64,
     pub open: AtomicU64,
+    /// Nanoseconds since `epoch` when the latest connection finished its handshake.
+    pub last_open_ns: AtomicU64,
     /// Connections that failed to open (connect or handshake).
     pub failed: AtomicU64,
     /// Echo round trips, or fanout deliveries.
@@ -120,6 +122,7 @@ impl Shared {
             phase: AtomicU8::new(phase::CONNECT),
             run_start_ns: AtomicU64::new(0),
             open: AtomicU64::new(0),
+            last_open_ns: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             messages: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -180,22 +183,37 @@ struct BufRing {
 impl BufRing {
     fn new(ring: &IoUring, count: u16, buffer_bytes: u32) -> io::Result<BufRing> {
         assert!(count.is_power_of_two() && buffer_bytes > 0);
-        let entries_layout =
-            std::alloc::Layout::from_size_align(usize::from(count) * 16, 4096).map_err(io::Error::other)?;
+        let entries_layout = std::alloc::Layout::from_size_align(usize::from(count) * 16, 4096)
+            .map_err(io::Error::other)?;
         let memory_layout =
             std::alloc::Layout::from_size_align(usize::from(count) * buffer_bytes as usize, 64)
                 .map_err(io::Error::other)?;
         // SAFETY: both layouts have a non-zero size (count >= 1, buffer_bytes >= 1).
-        let (entries, memory) =
-            unsafe { (std::alloc::alloc_zeroed(entries_layout), std::alloc::alloc_zeroed(memory_layout)) };
+        let (entries, memory) = unsafe {
+            (
+                std::alloc::alloc_zeroed(entries_layout),
+                std::alloc::alloc_zeroed(memory_layout),
+            )
+        };
         let (Some(entries), Some(memory)) = (NonNull::new(entries), NonNull::new(memory)) else {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         };
-        let mut bufs = BufRing { entries: entries.cast(), memory, buffer_bytes, count, tail: 0 };
+        let mut bufs = BufRing {
+            entries: entries.cast(),
+            memory,
+            buffer_bytes,
+            count,
+            tail: 0,
+        };
         // SAFETY: the entry array is page aligned, `count` entries of 16 bytes, and is never freed
         // (see Drop), so it outlives the registration.
         unsafe {
-            ring.submitter().register_buf_ring_with_flags(entries.as_ptr() as u64, count, BUF_GROUP, 0)?;
+            ring.submitter().register_buf_ring_with_flags(
+                entries.as_ptr() as u64,
+                count,
+                BUF_GROUP,
+                0,
+            )?;
         }
         for bid in 0..count {
             bufs.put(bid);
@@ -212,7 +230,11 @@ impl BufRing {
         // published tail, and this one is at or past it.
         let entry = unsafe { &mut *self.entries.as_ptr().add(slot) };
         // SAFETY: `bid < count`, so the buffer lies inside `memory`.
-        let addr = unsafe { self.memory.as_ptr().add(usize::from(bid) * self.buffer_bytes as usize) };
+        let addr = unsafe {
+            self.memory
+                .as_ptr()
+                .add(usize::from(bid) * self.buffer_bytes as usize)
+        };
         entry.set_addr(addr as u64);
         entry.set_len(self.buffer_bytes);
         entry.set_bid(bid);
@@ -234,7 +256,9 @@ impl BufRing {
         // and does not touch it until `put` gives it back; `&mut self` makes this the only view.
         unsafe {
             std::slice::from_raw_parts_mut(
-                self.memory.as_ptr().add(usize::from(bid) * self.buffer_bytes as usize),
+                self.memory
+                    .as_ptr()
+                    .add(usize::from(bid) * self.buffer_bytes as usize),
                 len as usize,
             )
         }
@@ -343,7 +367,12 @@ impl Sink for ConnSink<'_, '_> {
 }
 
 /// Appends one masked binary frame holding `fill`'s payload to `out`.
-fn queue_frame(proto: &mut Connection, out: &mut Vec<u8>, size: usize, fill: impl FnOnce(&mut [u8])) {
+fn queue_frame(
+    proto: &mut Connection,
+    out: &mut Vec<u8>,
+    size: usize,
+    fill: impl FnOnce(&mut [u8]),
+) {
     let header = frame::header_len(size as u64, true);
     let start = out.len();
     out.resize(start + header + size, 0);
@@ -363,7 +392,10 @@ struct Random {
 
 impl Random {
     fn new() -> Random {
-        Random { pool: vec![0; 4096], used: 4096 }
+        Random {
+            pool: vec![0; 4096],
+            used: 4096,
+        }
     }
 
     fn next16(&mut self) -> [u8; 16] {
@@ -378,7 +410,9 @@ impl Random {
             }
             self.used = 0;
         }
-        let out: [u8; 16] = self.pool[self.used..self.used + 16].try_into().expect("16 bytes");
+        let out: [u8; 16] = self.pool[self.used..self.used + 16]
+            .try_into()
+            .expect("16 bytes");
         self.used += 16;
         out
     }
@@ -388,7 +422,9 @@ fn sockaddr(ip: std::net::Ipv4Addr, port: u16) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
         sin_zero: [0; 8],
     }
 }
@@ -449,7 +485,10 @@ pub fn run_worker(setup: Setup, plan: Arc<Plan>, shared: Arc<Shared>) -> io::Res
 fn recv_buffers(plan: &Plan, conns: u32) -> (u16, u32) {
     let bytes = (plan.size + 64).next_power_of_two().clamp(256, 65536) as u32;
     let want = (conns as usize).next_power_of_two().clamp(256, 16384);
-    let by_memory = ((16usize << 20) / bytes as usize).max(64).next_power_of_two() / 2;
+    let by_memory = ((16usize << 20) / bytes as usize)
+        .max(64)
+        .next_power_of_two()
+        / 2;
     (want.min(by_memory.max(64)) as u16, bytes)
 }
 
@@ -469,7 +508,11 @@ impl Worker {
         let mut conns = Vec::with_capacity(slots as usize);
         for i in 0..slots {
             let seed = u64::from_le_bytes(random.next16()[..8].try_into().expect("8 bytes"));
-            let kind = if i == setup.conns { Kind::Publisher } else { Kind::Peer };
+            let kind = if i == setup.conns {
+                Kind::Publisher
+            } else {
+                Kind::Peer
+            };
             conns.push(Conn {
                 phase: Phase::Idle,
                 kind,
@@ -492,7 +535,9 @@ impl Worker {
         }
         let timeout_ms = plan.connect_timeout_ms;
         let connect_timeout = Box::new(
-            Timespec::new().sec(timeout_ms / 1000).nsec((timeout_ms % 1000) as u32 * 1_000_000),
+            Timespec::new()
+                .sec(timeout_ms / 1000)
+                .nsec((timeout_ms % 1000) as u32 * 1_000_000),
         );
         Ok(Worker {
             ring,
@@ -576,7 +621,10 @@ impl Worker {
         const IDLE_NS: u64 = 50_000_000;
         if self.setup.publisher && self.seen_phase == phase::RUN {
             return match self.plan.interval_ms {
-                Some(_) => self.next_publish_ns.saturating_sub(now_ns).clamp(100_000, IDLE_NS),
+                Some(_) => self
+                    .next_publish_ns
+                    .saturating_sub(now_ns)
+                    .clamp(100_000, IDLE_NS),
                 None => 1_000_000,
             };
         }
@@ -601,7 +649,9 @@ impl Worker {
     }
 
     fn start_connects(&mut self, now_ns: u64) -> io::Result<()> {
-        while self.connecting < self.plan.connect_window && (self.next_connect as usize) < self.conns.len() {
+        while self.connecting < self.plan.connect_window
+            && (self.next_connect as usize) < self.conns.len()
+        {
             let i = self.next_connect;
             self.next_connect += 1;
             self.connecting += 1;
@@ -629,18 +679,34 @@ impl Worker {
                 .build()
                 .flags(quiet)
                 .user_data(user_data(OP_SOCKET, i)),
-            opcode::SetSockOpt::new(fd, libc::SOL_IP as u32, libc::IP_BIND_ADDRESS_NO_PORT as u32, one, int_len)
-                .build()
-                .flags(quiet)
-                .user_data(user_data(OP_SOCKOPT, i)),
-            opcode::SetSockOpt::new(fd, libc::IPPROTO_TCP as u32, libc::TCP_NODELAY as u32, one, int_len)
-                .build()
-                .flags(quiet)
-                .user_data(user_data(OP_SOCKOPT, i)),
-            opcode::Bind::new(fd, (&self.addrs[src] as *const libc::sockaddr_in).cast(), len)
-                .build()
-                .flags(quiet)
-                .user_data(user_data(OP_BIND, i)),
+            opcode::SetSockOpt::new(
+                fd,
+                libc::SOL_IP as u32,
+                libc::IP_BIND_ADDRESS_NO_PORT as u32,
+                one,
+                int_len,
+            )
+            .build()
+            .flags(quiet)
+            .user_data(user_data(OP_SOCKOPT, i)),
+            opcode::SetSockOpt::new(
+                fd,
+                libc::IPPROTO_TCP as u32,
+                libc::TCP_NODELAY as u32,
+                one,
+                int_len,
+            )
+            .build()
+            .flags(quiet)
+            .user_data(user_data(OP_SOCKOPT, i)),
+            opcode::Bind::new(
+                fd,
+                (&self.addrs[src] as *const libc::sockaddr_in).cast(),
+                len,
+            )
+            .build()
+            .flags(quiet)
+            .user_data(user_data(OP_BIND, i)),
             opcode::Connect::new(fd, (&self.addrs[0] as *const libc::sockaddr_in).cast(), len)
                 .build()
                 .flags(link)
@@ -654,7 +720,9 @@ impl Worker {
 
     fn arm_recv(&mut self, i: u32) -> io::Result<()> {
         self.conns[i as usize].recv_armed = true;
-        let e = opcode::RecvMulti::new(Fixed(i), BUF_GROUP).build().user_data(user_data(OP_RECV, i));
+        let e = opcode::RecvMulti::new(Fixed(i), BUF_GROUP)
+            .build()
+            .user_data(user_data(OP_RECV, i));
         self.push(&[e])
     }
 
@@ -674,7 +742,9 @@ impl Worker {
             mem::swap(&mut c.pending, &mut c.inflight);
             c.send_busy = true;
             let (ptr, len) = (c.inflight.as_ptr(), c.inflight.len() as u32);
-            let e = opcode::Send::new(Fixed(i), ptr, len).build().user_data(user_data(OP_SEND, i));
+            let e = opcode::Send::new(Fixed(i), ptr, len)
+                .build()
+                .user_data(user_data(OP_SEND, i));
             self.push(&[e])?;
         }
         let mut dirty = dirty;
@@ -686,11 +756,20 @@ impl Worker {
     }
 
     fn wait(&mut self, timeout_ns: u64) -> io::Result<()> {
-        let ts = Timespec::new().sec(timeout_ns / 1_000_000_000).nsec((timeout_ns % 1_000_000_000) as u32);
+        let ts = Timespec::new()
+            .sec(timeout_ns / 1_000_000_000)
+            .nsec((timeout_ns % 1_000_000_000) as u32);
         let args = SubmitArgs::new().timespec(&ts);
         match self.ring.submitter().submit_with_args(1, &args) {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -699,7 +778,11 @@ impl Worker {
 
     fn reap(&mut self) -> io::Result<()> {
         let mut cqes = mem::take(&mut self.cqes);
-        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
         for &(ud, res, flags) in &cqes {
             let (op, i) = split_user_data(ud);
             self.complete(op, i, res, flags)?;
@@ -738,7 +821,13 @@ impl Worker {
         let c = &mut self.conns[i as usize];
         c.phase = Phase::Handshaking;
         c.key = key;
-        handshake::write_client_request(&mut c.pending, &self.plan.host, &self.plan.path, &key, None);
+        handshake::write_client_request(
+            &mut c.pending,
+            &self.plan.host,
+            &self.plan.path,
+            &key,
+            None,
+        );
         self.mark_dirty(i);
         self.arm_recv(i)
     }
@@ -748,13 +837,19 @@ impl Worker {
         if res < 0 || c.phase == Phase::Closed {
             c.send_busy = false;
             c.inflight.clear();
-            return if c.phase == Phase::Closed { Ok(()) } else { self.fail(i) };
+            return if c.phase == Phase::Closed {
+                Ok(())
+            } else {
+                self.fail(i)
+            };
         }
         let n = res as usize;
         if n < c.inflight.len() {
             c.inflight.drain(..n);
             let (ptr, len) = (c.inflight.as_ptr(), c.inflight.len() as u32);
-            let e = opcode::Send::new(Fixed(i), ptr, len).build().user_data(user_data(OP_SEND, i));
+            let e = opcode::Send::new(Fixed(i), ptr, len)
+                .build()
+                .user_data(user_data(OP_SEND, i));
             return self.push(&[e]);
         }
         c.inflight.clear();
@@ -777,7 +872,14 @@ impl Worker {
             let bid = cqueue::buffer_select(flags).expect("a receive with data names its buffer");
             let now_ns = self.shared.now_ns();
             let data = self.bufs.buffer(bid, res as u32);
-            let outcome = on_data(&mut self.conns[i as usize], data, &self.plan, &self.template, now_ns, &mut self.out);
+            let outcome = on_data(
+                &mut self.conns[i as usize],
+                data,
+                &self.plan,
+                &self.template,
+                now_ns,
+                &mut self.out,
+            );
             self.bufs.put(bid);
             self.after_data(i, outcome, now_ns)?;
         } else if res == -libc::ENOBUFS {
@@ -805,7 +907,9 @@ impl Worker {
             }
             DataOutcome::EchoDone => {
                 let c = &mut self.conns[i as usize];
-                self.out.latency.record_ns(now_ns.saturating_sub(c.echo_sent_ns));
+                self.out
+                    .latency
+                    .record_ns(now_ns.saturating_sub(c.echo_sent_ns));
                 self.out.messages += 1;
                 c.echo_counter += 1;
                 if self.seen_phase == phase::RUN {
@@ -831,7 +935,9 @@ impl Worker {
             return;
         }
         let counter = c.echo_counter;
-        queue_frame(&mut c.proto, &mut c.pending, size, |body| payload::write_echo(body, template, counter));
+        queue_frame(&mut c.proto, &mut c.pending, size, |body| {
+            payload::write_echo(body, template, counter)
+        });
         c.echo_sent_ns = now_ns;
         self.mark_dirty(i);
     }
@@ -843,7 +949,9 @@ impl Worker {
         let run_start = self.shared.run_start_ns.load(Ordering::Acquire);
         let limit_reached = self.plan.broadcasts.is_some_and(|b| self.published >= b);
         if limit_reached || now_ns.saturating_sub(run_start) >= self.plan.duration_ms * 1_000_000 {
-            self.shared.published.store(self.published, Ordering::Release);
+            self.shared
+                .published
+                .store(self.published, Ordering::Release);
             self.shared.publish_done.store(true, Ordering::Release);
             return;
         }
@@ -863,7 +971,8 @@ impl Worker {
                 due
             }
             None => {
-                let complete = self.shared.messages.load(Ordering::Acquire) / self.plan.subscribers.max(1);
+                let complete =
+                    self.shared.messages.load(Ordering::Acquire) / self.plan.subscribers.max(1);
                 self.published.saturating_sub(complete) < u64::from(self.plan.inflight)
             }
         };
@@ -877,9 +986,13 @@ impl Worker {
         let size = self.plan.size;
         let sent_ns = self.shared.now_ns();
         let c = &mut self.conns[i as usize];
-        queue_frame(&mut c.proto, &mut c.pending, size, |body| payload::write_fanout(body, seq, sent_ns));
+        queue_frame(&mut c.proto, &mut c.pending, size, |body| {
+            payload::write_fanout(body, seq, sent_ns)
+        });
         self.published += 1;
-        self.shared.published.store(self.published, Ordering::Release);
+        self.shared
+            .published
+            .store(self.published, Ordering::Release);
         self.mark_dirty(i);
     }
 
@@ -925,7 +1038,9 @@ impl Worker {
                 .build()
                 .flags(squeue::Flags::IO_LINK)
                 .user_data(user_data(OP_SHUTDOWN, i)),
-            opcode::Close::new(Fixed(i)).build().user_data(user_data(OP_CLOSE, i)),
+            opcode::Close::new(Fixed(i))
+                .build()
+                .user_data(user_data(OP_CLOSE, i)),
         ];
         self.push(&chain)
     }
@@ -940,7 +1055,9 @@ impl Worker {
         let limit = self.plan.connect_timeout_ms;
         for i in 0..self.next_connect {
             let c = &self.conns[i as usize];
-            if c.phase == Phase::Handshaking && now_ms.saturating_sub(u64::from(c.started_ms)) > limit {
+            if c.phase == Phase::Handshaking
+                && now_ms.saturating_sub(u64::from(c.started_ms)) > limit
+            {
                 // Errors here are a full queue that could not be flushed: reported by the loop.
                 let _ = self.fail_open(i, false);
             }
@@ -951,6 +1068,9 @@ impl Worker {
         let s = &self.shared;
         let l = &mut self.local;
         if l.open != 0 {
+            if l.open < u64::MAX / 2 {
+                s.last_open_ns.fetch_max(s.now_ns(), Ordering::Relaxed);
+            }
             s.open.fetch_add(l.open, Ordering::Relaxed);
             l.open = 0;
         }
@@ -965,7 +1085,8 @@ impl Worker {
         }
         let m = self.out.messages;
         if m != l.messages_flushed {
-            s.messages.fetch_add(m - l.messages_flushed, Ordering::Release);
+            s.messages
+                .fetch_add(m - l.messages_flushed, Ordering::Release);
             l.messages_flushed = m;
         }
     }
@@ -1038,7 +1159,11 @@ fn on_frames(
         echo_ok: false,
         out,
     };
-    let mut sink = ConnSink { pending: &mut c.pending, ctx: &mut ctx, closed_by_peer: false };
+    let mut sink = ConnSink {
+        pending: &mut c.pending,
+        ctx: &mut ctx,
+        closed_by_peer: false,
+    };
     let res = c.proto.receive(data, &mut sink);
     let closed_by_peer = sink.closed_by_peer;
     let echo_ok = ctx.echo_ok;
@@ -1049,5 +1174,9 @@ fn on_frames(
     if closed_by_peer || c.proto.state() == State::Closed {
         return DataOutcome::Failed;
     }
-    if echo_ok { DataOutcome::EchoDone } else { DataOutcome::Nothing }
+    if echo_ok {
+        DataOutcome::EchoDone
+    } else {
+        DataOutcome::Nothing
+    }
 }
