@@ -117,6 +117,7 @@ EOF
     tail -1 "$RUNS"
 }
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 port=$PORT_BASE
 for kind in echo fanout; do
     cfgs=$CONFIGS
@@ -131,9 +132,11 @@ for kind in echo fanout; do
     done
 done
 
-python3 - "$RUNS" "$OUT" "$ROUNDS" "$WARMUP_S" "$MEASURE_S" "$(git rev-parse --short HEAD)" <<'EOF'
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+python3 - "$RUNS" "$OUT" "$ROUNDS" "$WARMUP_S" "$MEASURE_S" "$(git rev-parse --short HEAD)" \
+    "$LOAD_BEFORE" "$LOAD_AFTER" <<'EOF'
 import collections, datetime, statistics, sys
-runs, out, rounds, warm, meas, commit = sys.argv[1:]
+runs, out, rounds, warm, meas, commit, load_before, load_after = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(runs)][1:]
 by = collections.defaultdict(list)
 for kind, cfg, server, _r, mps, us, scpu, lcpu, err in rows:
@@ -147,6 +150,8 @@ lines = [
     "Server on CPU 0, `ringws-load` (1 worker) on CPU 1. msgs/s: echo round trips (fanout: deliveries)",
     "per second; µs/msg: server CPU (utime+stime) per message (fanout: per delivery) over the measured",
     "invocation; CPU%: share of one core over the measured invocation. Medians over the rounds.",
+    f"Machine load average (1, 5, 15 min) before: {load_before}; after: {load_after} (2 cores: above ~2",
+    "other processes compete with the server and the client, and msgs/s says more about them than us).",
     "",
     "| kind | conns × bytes | server | msgs/s | server µs/msg | server CPU% | load CPU% | errors |",
     "|---|---|---|---:|---:|---:|---:|---:|",
@@ -173,6 +178,7 @@ lines += ["", "Ratios (≥ 1 means ringws is ahead):", "",
           "|---|---|---:|---:|"]
 for kind, cfg, r_rate, p_rate, r_cpu, p_cpu in ratios:
     lines.append(f"| {kind} | {cfg.replace('x', ' × ')} | {r_rate:.2f} ({p_rate}) | {r_cpu:.2f} ({p_cpu}) |")
+lines += ["", "Every run (target/compare/runs.tsv):", "", "```", open(runs).read().rstrip(), "```"]
 text = "\n".join(lines) + "\n"
 open(out, "w").write(text)
 print(text)
