@@ -11,10 +11,12 @@
 #             (its worker blocks in io_uring_enter holding valgrind's big lock, so the main thread
 #             never runs). Kept for a valgrind that treats io_uring_enter as blocking; bounded by
 #             a timeout.
+#   allocs    uprobes on libc malloc/calloc/realloc/free: allocator calls per message (the
+#             "no allocation per message" target), for ringws and each peer.
 #   perf      perf record -e cpu-clock (software sampling, kernel included) on ringws echo:
 #             the top symbols, user and kernel.
 #
-# Server on CPU 0, load generator on CPU 1. Usage: scripts/profile.sh [syscalls|perf|perf-fanout|callgrind|all]
+# Server on CPU 0, load generator on CPU 1. Usage: scripts/profile.sh [syscalls|perf|perf-fanout|allocs|allocs-fanout|callgrind|all]
 # Env: CONNS=100 SIZE=20 SECONDS_RUN=4 (syscalls/perf) CG_SECONDS=6 (callgrind) FANOUT_CONNS=100
 #      FANOUT_SIZE=512 SERVERS="ringws fastwebsockets tungstenite tokio-websockets" SKIP_BUILD=1
 set -euo pipefail
@@ -101,6 +103,41 @@ syscalls() {
     done
 }
 
+# allocs [MODE SCENARIO CONNS SIZE]: libc allocator calls per message on the server, counted with
+# uprobes on malloc/calloc/realloc/free (added here, removed at the end), over a whole load run.
+allocs() {
+    local mode=${1:-echo} scen=${2:-echo} conns=${3:-$CONNS} size=${4:-$SIZE} libc
+    libc=$(ldd "$BIN/ringws" | awk '/libc.so/ { print $3 }')
+    local added=()
+    for f in malloc calloc realloc free; do
+        if ! perf probe -l 2>/dev/null | grep -q "probe_libc:$f "; then
+            perf probe -q -x "$libc" --add "$f" && added+=("probe_libc:$f")
+        fi
+    done
+    echo "== allocator calls per message ($scen ${conns} x ${size} B, ${SECONDS_RUN} s, after a 1 s warm-up)"
+    printf '%-18s %10s %10s %10s %10s %10s\n' server messages malloc/msg calloc/msg realloc/msg free/msg
+    for name in $SERVERS; do
+        start "$name" "$mode"
+        load "$scen" "$conns" "$size" 1 "$OUTDIR/warm.json"
+        perf stat -x, -o "$OUTDIR/$name.allocs" -p "$SERVER_PID" \
+            -e probe_libc:malloc,probe_libc:calloc,probe_libc:realloc,probe_libc:free &
+        local perf_pid=$!
+        sleep 0.2
+        load "$scen" "$conns" "$size" "$SECONDS_RUN" "$OUTDIR/$name.allocs.json"
+        kill -INT "$perf_pid"
+        wait "$perf_pid" 2>/dev/null || true
+        cleanup
+        local n field=messages
+        [[ $scen == fanout ]] && field=deliveries
+        n=$(count "$field" "$OUTDIR/$name.allocs.json")
+        awk -F, -v n="$n" -v s="$name" '
+            /:malloc/ { m = $1 } /:calloc/ { c = $1 } /:realloc/ { r = $1 } /:free/ { f = $1 }
+            END { printf "%-18s %10d %10.4f %10.4f %10.4f %10.4f\n", s, n, m / n, c / n, r / n, f / n }' \
+            "$OUTDIR/$name.allocs"
+    done
+    for p in "${added[@]}"; do perf probe -q -d "$p" || true; done
+}
+
 # callgrind_run NAME.out MODE SCENARIO CONNS SIZE SECONDS: ringws under callgrind, one load run,
 # then SIGTERM (ringws shuts down cleanly and callgrind writes its file).
 callgrind_run() {
@@ -164,6 +201,8 @@ case $WHAT in
     callgrind) callgrind ;;
     perf) perf_profile ;;
     perf-fanout) perf_profile broadcast fanout "$FANOUT_CONNS" "$FANOUT_SIZE" ;;
+    allocs) allocs ;;
+    allocs-fanout) allocs broadcast fanout "$FANOUT_CONNS" "$FANOUT_SIZE" ;;
     all) syscalls; perf_profile ;;
     *) echo "usage: $0 [syscalls|callgrind|perf|all]" >&2; exit 2 ;;
 esac
