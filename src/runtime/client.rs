@@ -450,6 +450,8 @@ struct Worker {
     dirty: Vec<u32>,
     next_connect: u32,
     connecting: u32,
+    /// Connections below this index are past their handshake (open or closed): not scanned.
+    scan_from: u32,
     /// [0] = the server, [1..] = source addresses. Boxed: linked SQEs point into it.
     addrs: Box<[libc::sockaddr_in]>,
     connect_timeout: Box<Timespec>,
@@ -546,6 +548,7 @@ impl Worker {
             dirty: Vec::new(),
             next_connect: 0,
             connecting: 0,
+            scan_from: 0,
             addrs: addrs.into_boxed_slice(),
             connect_timeout,
             template: payload::template(plan.size),
@@ -1053,7 +1056,15 @@ impl Worker {
         }
         self.last_scan_ms = now_ms;
         let limit = self.plan.connect_timeout_ms;
-        for i in 0..self.next_connect {
+        while self.scan_from < self.next_connect
+            && matches!(
+                self.conns[self.scan_from as usize].phase,
+                Phase::Open | Phase::Closed
+            )
+        {
+            self.scan_from += 1;
+        }
+        for i in self.scan_from..self.next_connect {
             let c = &self.conns[i as usize];
             if c.phase == Phase::Handshaking
                 && now_ms.saturating_sub(u64::from(c.started_ms)) > limit
