@@ -78,6 +78,7 @@ fn plan(args: &Args, src_ips: u32) -> Plan {
         duration_ms: args.duration_ms,
         connect_timeout_ms: args.connect_timeout_ms,
         connect_window: args.connect_window,
+        retries: args.retries,
     }
 }
 
@@ -185,6 +186,10 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
                     clock.run_end_ns = now;
                     break;
                 }
+                let publisher = u64::from(args.scenario == Scenario::Fanout);
+                shared
+                    .subscribers_open
+                    .store(open.saturating_sub(publisher), Ordering::Release);
                 clock.run_start_ns = shared.now_ns();
                 shared
                     .run_start_ns
@@ -206,7 +211,8 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
                 shared.phase.store(p, Ordering::Release);
             }
             phase::DRAIN => {
-                let want = shared.published.load(Ordering::Acquire) * u64::from(args.conns);
+                let subscribers = shared.subscribers_open.load(Ordering::Acquire);
+                let want = shared.published.load(Ordering::Acquire) * subscribers;
                 let got = shared.messages.load(Ordering::Acquire);
                 if got >= want || now >= drain_start_ns + args.grace_ms * 1_000_000 {
                     clock.run_end_ns = now;
@@ -243,7 +249,7 @@ fn sample(
         open: shared.open.load(Ordering::Relaxed),
         messages_per_s: if fanout { 0.0 } else { rate },
         deliveries_per_s: if fanout { rate } else { 0.0 },
-        errors: shared.errors.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed),
+        errors: shared.errors.load(Ordering::Relaxed),
     };
     if !args.quiet {
         eprintln!("{}", progress_line(&s, phase_name(p)));
@@ -269,6 +275,7 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         report.errors.add(&o.errors);
         report.messages += o.messages;
         report.client_recv_enobufs += o.recv_enobufs;
+        report.connect_retries += o.retries;
         published = published.max(o.published);
     }
     // The connected count includes the publisher; the report counts subscribers.
