@@ -99,12 +99,29 @@ fn phase_name(p: u8) -> &'static str {
     }
 }
 
+/// SIGINT/SIGTERM end the run early, with a report; a second one exits at once.
+fn stop_on_signals(shared: Arc<Shared>) {
+    if crate::runtime::sys::block_shutdown_signals().is_err() {
+        return; // signals keep their default action: the process just dies
+    }
+    let _ = thread::Builder::new()
+        .name("load-signals".into())
+        .spawn(move || {
+            let _ = crate::runtime::sys::wait_signal();
+            eprintln!("ringws-load: interrupted, stopping (again to exit at once)");
+            shared.interrupted.store(true, Ordering::Release);
+            let _ = crate::runtime::sys::wait_signal();
+            std::process::exit(130);
+        });
+}
+
 /// Runs the scenario and returns its report.
 pub fn run(args: &Args) -> io::Result<Report> {
     let workers = args.worker_count();
     let src_ips = args.src_ip_count(ports_per_ip());
     let plan = Arc::new(plan(args, src_ips));
     let shared = Arc::new(Shared::new());
+    stop_on_signals(shared.clone());
     let mut rss = Rss {
         start_bytes: rss_bytes(args.server_pid),
         ..Rss::default()
@@ -164,6 +181,11 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
     loop {
         thread::sleep(Duration::from_millis(100));
         let now = shared.now_ns();
+        if shared.interrupted.load(Ordering::Acquire) {
+            clock.deadline_hit = true;
+            clock.run_end_ns = now;
+            break;
+        }
         if now >= deadline_ns {
             eprintln!(
                 "ringws-load: run deadline reached in phase {}",
@@ -211,7 +233,8 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
                 shared.phase.store(p, Ordering::Release);
             }
             phase::DRAIN => {
-                let subscribers = shared.subscribers_open.load(Ordering::Acquire);
+                let open = shared.open.load(Ordering::Acquire).saturating_sub(1);
+                let subscribers = open.min(shared.subscribers_open.load(Ordering::Acquire));
                 let want = shared.published.load(Ordering::Acquire) * subscribers;
                 let got = shared.messages.load(Ordering::Acquire);
                 if got >= want || now >= drain_start_ns + args.grace_ms * 1_000_000 {

@@ -117,6 +117,8 @@ pub struct Shared {
     pub subscribers_open: AtomicU64,
     /// Broadcasts the publisher has queued.
     pub published: AtomicU64,
+    /// SIGINT or SIGTERM: stop now and report.
+    pub interrupted: AtomicBool,
     /// The publisher is done (count or duration reached).
     pub publish_done: AtomicBool,
 }
@@ -135,6 +137,7 @@ impl Shared {
             subscribers_open: AtomicU64::new(0),
             published: AtomicU64::new(0),
             publish_done: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
         }
     }
 
@@ -486,6 +489,8 @@ struct Worker {
     shared: Arc<Shared>,
     setup: Setup,
     seen_phase: u8,
+    /// Failures already described on stderr.
+    notes: u32,
     published: u64,
     next_publish_ns: u64,
     last_scan_ms: u64,
@@ -584,6 +589,7 @@ impl Worker {
             shared,
             setup,
             seen_phase: phase::CONNECT,
+            notes: 0,
             published: 0,
             next_publish_ns: 0,
             last_scan_ms: 0,
@@ -905,6 +911,7 @@ impl Worker {
             return if c.phase == Phase::Closed {
                 Ok(())
             } else {
+                self.note(i, "send", res);
                 self.fail(i)
             };
         }
@@ -951,6 +958,7 @@ impl Worker {
             self.out.recv_enobufs += 1;
         } else if !self.conns[i as usize].is_dead() {
             // 0: the server ended TCP; < 0: reset or another error.
+            self.note(i, "recv", res);
             return self.fail(i);
         }
         let c = &self.conns[i as usize];
@@ -982,7 +990,10 @@ impl Worker {
                 }
             }
             DataOutcome::HandshakeFailed => return self.fail_open(i, false),
-            DataOutcome::Failed => return self.fail(i),
+            DataOutcome::Failed => {
+                self.note(i, "protocol or close frame", 0);
+                return self.fail(i);
+            }
         }
         if !self.conns[i as usize].pending.is_empty() {
             self.mark_dirty(i);
@@ -1088,6 +1099,23 @@ impl Worker {
         self.connecting -= 1;
         self.local.failed += 1;
         self.close(i, !socket_failed)
+    }
+
+    /// Says why the first few connections of this worker failed (stderr), for diagnosis.
+    fn note(&mut self, i: u32, what: &str, res: i32) {
+        if self.notes < 3 && self.conns[i as usize].phase == Phase::Open {
+            self.notes += 1;
+            let err = io::Error::from_raw_os_error(-res);
+            let why = if res < 0 {
+                err.to_string()
+            } else {
+                format!("result {res}")
+            };
+            eprintln!(
+                "ringws-load: worker {} connection {i}: {what}: {why}",
+                self.setup.index
+            );
+        }
     }
 
     /// An open connection ended or failed.
