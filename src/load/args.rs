@@ -22,7 +22,8 @@ usage: ringws-load <echo|fanout|connect|idle> [options]
   --connect-window N           connects in progress per worker                        [256]
   --retries R                  retry a connection that failed to open, R times        [3]
   --deadline-s T               the whole run stops by then, whatever happens          [auto]
-  --grace-ms T                 fanout: wait this long for the last deliveries         [5000]
+  --grace-ms T                 fanout: wait this long for the last deliveries; a      [5000]
+                               broadcast incomplete this long stops holding the next
   --quiet                      no progress line";
 
 /// Connections one ring may hold (its fixed-file table), below the 20,000 fd/ring limit here.

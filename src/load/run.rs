@@ -79,6 +79,7 @@ fn plan(args: &Args, src_ips: u32) -> Plan {
         connect_timeout_ms: args.connect_timeout_ms,
         connect_window: args.connect_window,
         retries: args.retries,
+        stall_ms: args.grace_ms,
     }
 }
 
@@ -299,6 +300,9 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         report.messages += o.messages;
         report.client_recv_enobufs += o.recv_enobufs;
         report.connect_retries += o.retries;
+        for (code, reason) in o.close_codes.iter().take(1) {
+            eprintln!("ringws-load: the server closed a connection: {code} {reason:?}");
+        }
         published = published.max(o.published);
     }
     // The connected count includes the publisher; the report counts subscribers.

@@ -97,6 +97,9 @@ pub struct Plan {
     pub connect_window: u32,
     /// Times a connection that failed to open (connect error, refused handshake) is retried.
     pub retries: u8,
+    /// Back to back: a broadcast still incomplete after this long no longer holds the next one
+    /// (a subscriber that closed mid-run must not stall the publisher).
+    pub stall_ms: u64,
 }
 
 /// Counters and the phase, shared by all workers and the main thread.
@@ -177,6 +180,8 @@ pub struct Outcome {
     pub recv_enobufs: u64,
     /// Connection attempts repeated after a failure to open.
     pub retries: u64,
+    /// The first Close frames the server sent (code, reason), for diagnosis.
+    pub close_codes: Vec<(u16, String)>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -380,8 +385,11 @@ impl Sink for ConnSink<'_, '_> {
         }
     }
 
-    fn close(&mut self, _code: u16, _reason: &str) {
+    fn close(&mut self, code: u16, reason: &str) {
         self.closed_by_peer = true;
+        if self.ctx.out.close_codes.len() < 4 {
+            self.ctx.out.close_codes.push((code, reason.chars().take(60).collect()));
+        }
     }
 
     fn send_frame(&mut self, frame: &[u8]) {
@@ -492,6 +500,7 @@ struct Worker {
     /// Failures already described on stderr.
     notes: u32,
     published: u64,
+    last_publish_ns: u64,
     next_publish_ns: u64,
     last_scan_ms: u64,
 }
@@ -591,6 +600,7 @@ impl Worker {
             seen_phase: phase::CONNECT,
             notes: 0,
             published: 0,
+            last_publish_ns: 0,
             next_publish_ns: 0,
             last_scan_ms: 0,
         })
