@@ -197,7 +197,7 @@ impl Report {
             ("broadcasts", num(self.broadcasts.len() as f64)),
             (
                 "broadcasts_complete",
-                num(self.broadcasts_complete(self.connections) as f64),
+                num(self.broadcasts_complete(self.connected) as f64),
             ),
             (
                 "fanout_complete_p50_ms",

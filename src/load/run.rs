@@ -311,7 +311,7 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         report.deliveries = report.messages;
         report.messages = published;
         report.broadcasts = broadcasts.results(published);
-        let subs = args.conns;
+        let subs = shared.subscribers_open.load(Ordering::Relaxed) as u32;
         report.fanout_complete_p50_ns = stats::complete_quantile_ns(&report.broadcasts, subs, 0.5);
         report.fanout_complete_p99_ns = stats::complete_quantile_ns(&report.broadcasts, subs, 0.99);
         report.fanout_complete_max_ns = stats::complete_quantile_ns(&report.broadcasts, subs, 1.0);

@@ -262,7 +262,7 @@ fn broadcast_panel(out: &mut String, r: &Report, y0: f64) {
     );
     let w = ((WIDTH - LEFT - RIGHT) / p.x_max - 1.0).max(1.0);
     for (i, b) in shown.iter().enumerate() {
-        let color = if b.deliveries as u64 >= r.connections {
+        let color = if b.deliveries as u64 >= r.connected {
             "#9467bd"
         } else {
             "#d62728"

@@ -388,7 +388,10 @@ impl Sink for ConnSink<'_, '_> {
     fn close(&mut self, code: u16, reason: &str) {
         self.closed_by_peer = true;
         if self.ctx.out.close_codes.len() < 4 {
-            self.ctx.out.close_codes.push((code, reason.chars().take(60).collect()));
+            self.ctx
+                .out
+                .close_codes
+                .push((code, reason.chars().take(60).collect()));
         }
     }
 
@@ -717,7 +720,19 @@ impl Worker {
     fn start_connect(&mut self, i: u32, now_ns: u64) -> io::Result<()> {
         let global = self.setup.first_id + u64::from(i);
         let src = 1 + (global % u64::from(self.plan.src_ips)) as usize;
+        let fresh = self.conns[i as usize].attempt > 0;
+        let seed = if fresh {
+            u64::from_le_bytes(self.random.next16()[..8].try_into().expect("8 bytes"))
+        } else {
+            0
+        };
         let c = &mut self.conns[i as usize];
+        if fresh {
+            // A retry: the failed attempt left the protocol state Closed.
+            c.proto = Connection::new(Role::Client, Limits::default(), seed);
+            c.response = Vec::new();
+            c.seq = SeqTracker::default();
+        }
         c.phase = Phase::Connecting;
         c.started_ms = (now_ns / 1_000_000) as u32;
         let fd = Fixed(i);
@@ -1057,9 +1072,16 @@ impl Worker {
                 due
             }
             None => {
-                let complete =
-                    self.shared.messages.load(Ordering::Acquire) / self.plan.subscribers.max(1);
-                self.published.saturating_sub(complete) < u64::from(self.plan.inflight)
+                // Subscribers still open (some may close mid-run): what a complete broadcast
+                // reaches. A broadcast incomplete for `stall_ms` stops holding the next one.
+                let open = self.shared.open.load(Ordering::Acquire).saturating_sub(1);
+                let subscribers = open
+                    .min(self.shared.subscribers_open.load(Ordering::Acquire))
+                    .max(1);
+                let complete = self.shared.messages.load(Ordering::Acquire) / subscribers;
+                let stalled =
+                    now_ns.saturating_sub(self.last_publish_ns) > self.plan.stall_ms * 1_000_000;
+                self.published.saturating_sub(complete) < u64::from(self.plan.inflight) || stalled
             }
         };
         if due {
