@@ -492,6 +492,7 @@ struct Worker {
     addrs: Box<[libc::sockaddr_in]>,
     connect_timeout: Box<Timespec>,
     template: Vec<u8>,
+    limits: Limits,
     random: Random,
     cqes: Vec<(u64, i32, u32)>,
     local: Local,
@@ -546,6 +547,8 @@ impl Worker {
         let (count, bytes) = recv_buffers(&plan, slots);
         let bufs = BufRing::new(&ring, count, bytes)?;
         let mut random = Random::new();
+        // Once: `Limits::default()` builds a whole `Config`, which asks the OS for the core count.
+        let limits = Limits::default();
         let mut conns = Vec::with_capacity(slots as usize);
         for i in 0..slots {
             let seed = u64::from_le_bytes(random.next16()[..8].try_into().expect("8 bytes"));
@@ -562,7 +565,7 @@ impl Worker {
                 send_busy: false,
                 started_ms: 0,
                 key: [0; handshake::KEY_LEN],
-                proto: Connection::new(Role::Client, Limits::default(), seed),
+                proto: Connection::new(Role::Client, limits, seed),
                 response: Vec::new(),
                 pending: Vec::new(),
                 inflight: Vec::new(),
@@ -593,6 +596,7 @@ impl Worker {
             addrs: addrs.into_boxed_slice(),
             connect_timeout,
             template: payload::template(plan.size),
+            limits,
             random,
             cqes: Vec::with_capacity(cq as usize),
             local: Local::default(),
@@ -729,7 +733,7 @@ impl Worker {
         let c = &mut self.conns[i as usize];
         if fresh {
             // A retry: the failed attempt left the protocol state Closed.
-            c.proto = Connection::new(Role::Client, Limits::default(), seed);
+            c.proto = Connection::new(Role::Client, self.limits, seed);
             c.response = Vec::new();
             c.seq = SeqTracker::default();
         }
@@ -1098,6 +1102,7 @@ impl Worker {
             payload::write_fanout(body, seq, sent_ns)
         });
         self.published += 1;
+        self.last_publish_ns = sent_ns;
         self.shared
             .published
             .store(self.published, Ordering::Release);
