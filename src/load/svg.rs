@@ -196,7 +196,9 @@ fn nines(percentile: f64) -> f64 {
 
 /// Latency in µs, or in ms when the largest value is past 10 ms: (divisor from ns, unit).
 fn latency_unit(max_ns: u64) -> (f64, &'static str) {
-    if max_ns > 10_000_000 {
+    if max_ns > 10_000_000_000 {
+        (1e9, "s")
+    } else if max_ns > 10_000_000 {
         (1e6, "ms")
     } else {
         (1e3, "µs")
