@@ -68,6 +68,9 @@ fn counts_add_up_over_subscribers() {
     let mut total = SeqCounts::default();
     total.add(run(&[0, 2], 3));
     total.add(run(&[1, 0, 2], 3));
-    assert_eq!(total.missing, 1, "one missing at the first, none at the second");
+    assert_eq!(
+        total.missing, 1,
+        "one missing at the first, none at the second"
+    );
     assert_eq!(total.out_of_order, 1);
 }

@@ -20,8 +20,10 @@ usage: ringws-load <echo|fanout|connect|idle> [options]
   --pin-cpus LIST              pin worker i to CPU LIST[i % len], e.g. 1 or 0,1
   --connect-timeout-ms T       per connection: connect + handshake                    [10000]
   --connect-window N           connects in progress per worker                        [256]
+  --retries R                  retry a connection that failed to open, R times        [3]
   --deadline-s T               the whole run stops by then, whatever happens          [auto]
-  --grace-ms T                 fanout: wait this long for the last deliveries         [5000]
+  --grace-ms T                 fanout: wait this long for the last deliveries; a      [5000]
+                               broadcast incomplete this long stops holding the next
   --quiet                      no progress line";
 
 /// Connections one ring may hold (its fixed-file table), below the 20,000 fd/ring limit here.
@@ -66,6 +68,7 @@ pub struct Args {
     pub pin_cpus: Vec<usize>,
     pub connect_timeout_ms: u64,
     pub connect_window: u32,
+    pub retries: u8,
     pub deadline_ms: Option<u64>,
     pub grace_ms: u64,
     pub quiet: bool,
@@ -166,6 +169,7 @@ impl Args {
             pin_cpus: Vec::new(),
             connect_timeout_ms: 10_000,
             connect_window: 256,
+            retries: 3,
             deadline_ms: None,
             grace_ms: 5_000,
             quiet: false,
@@ -195,6 +199,7 @@ impl Args {
             }
             "--connect-timeout-ms" => self.connect_timeout_ms = num(flag, v)?,
             "--connect-window" => self.connect_window = num(flag, v)?,
+            "--retries" => self.retries = num(flag, v)?,
             "--deadline-s" => self.deadline_ms = Some(num::<u64>(flag, v)? * 1000),
             "--grace-ms" => self.grace_ms = num(flag, v)?,
             _ => return err(format!("unknown option {flag:?}")),

@@ -85,6 +85,9 @@ pub struct Report {
     pub timeline: Vec<Sample>,
     /// Multishot receives the client re-armed because its buffer ring ran dry (diagnostic).
     pub client_recv_enobufs: u64,
+    /// Connection attempts repeated after a failure to open (e.g. a 503 past the server's
+    /// pending-handshake limit); not errors unless the last attempt fails too.
+    pub connect_retries: u64,
 }
 
 fn per_s(count: u64, secs: f64) -> f64 {
@@ -194,7 +197,7 @@ impl Report {
             ("broadcasts", num(self.broadcasts.len() as f64)),
             (
                 "broadcasts_complete",
-                num(self.broadcasts_complete(self.connections) as f64),
+                num(self.broadcasts_complete(self.connected) as f64),
             ),
             (
                 "fanout_complete_p50_ms",
@@ -223,6 +226,7 @@ impl Report {
                 num(self.server_rss_per_conn_bytes()),
             ),
             ("client_recv_enobufs", num(self.client_recv_enobufs as f64)),
+            ("connect_retries", num(self.connect_retries as f64)),
             ("passed", self.passed().to_string()),
         ]
     }

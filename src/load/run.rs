@@ -78,6 +78,8 @@ fn plan(args: &Args, src_ips: u32) -> Plan {
         duration_ms: args.duration_ms,
         connect_timeout_ms: args.connect_timeout_ms,
         connect_window: args.connect_window,
+        retries: args.retries,
+        stall_ms: args.grace_ms,
     }
 }
 
@@ -98,12 +100,29 @@ fn phase_name(p: u8) -> &'static str {
     }
 }
 
+/// SIGINT/SIGTERM end the run early, with a report; a second one exits at once.
+fn stop_on_signals(shared: Arc<Shared>) {
+    if crate::runtime::sys::block_shutdown_signals().is_err() {
+        return; // signals keep their default action: the process just dies
+    }
+    let _ = thread::Builder::new()
+        .name("load-signals".into())
+        .spawn(move || {
+            let _ = crate::runtime::sys::wait_signal();
+            eprintln!("ringws-load: interrupted, stopping (again to exit at once)");
+            shared.interrupted.store(true, Ordering::Release);
+            let _ = crate::runtime::sys::wait_signal();
+            std::process::exit(130);
+        });
+}
+
 /// Runs the scenario and returns its report.
 pub fn run(args: &Args) -> io::Result<Report> {
     let workers = args.worker_count();
     let src_ips = args.src_ip_count(ports_per_ip());
     let plan = Arc::new(plan(args, src_ips));
     let shared = Arc::new(Shared::new());
+    stop_on_signals(shared.clone());
     let mut rss = Rss {
         start_bytes: rss_bytes(args.server_pid),
         ..Rss::default()
@@ -163,6 +182,11 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
     loop {
         thread::sleep(Duration::from_millis(100));
         let now = shared.now_ns();
+        if shared.interrupted.load(Ordering::Acquire) {
+            clock.deadline_hit = true;
+            clock.run_end_ns = now;
+            break;
+        }
         if now >= deadline_ns {
             eprintln!(
                 "ringws-load: run deadline reached in phase {}",
@@ -185,6 +209,10 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
                     clock.run_end_ns = now;
                     break;
                 }
+                let publisher = u64::from(args.scenario == Scenario::Fanout);
+                shared
+                    .subscribers_open
+                    .store(open.saturating_sub(publisher), Ordering::Release);
                 clock.run_start_ns = shared.now_ns();
                 shared
                     .run_start_ns
@@ -206,7 +234,9 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
                 shared.phase.store(p, Ordering::Release);
             }
             phase::DRAIN => {
-                let want = shared.published.load(Ordering::Acquire) * u64::from(args.conns);
+                let open = shared.open.load(Ordering::Acquire).saturating_sub(1);
+                let subscribers = open.min(shared.subscribers_open.load(Ordering::Acquire));
+                let want = shared.published.load(Ordering::Acquire) * subscribers;
                 let got = shared.messages.load(Ordering::Acquire);
                 if got >= want || now >= drain_start_ns + args.grace_ms * 1_000_000 {
                     clock.run_end_ns = now;
@@ -243,7 +273,7 @@ fn sample(
         open: shared.open.load(Ordering::Relaxed),
         messages_per_s: if fanout { 0.0 } else { rate },
         deliveries_per_s: if fanout { rate } else { 0.0 },
-        errors: shared.errors.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed),
+        errors: shared.errors.load(Ordering::Relaxed),
     };
     if !args.quiet {
         eprintln!("{}", progress_line(&s, phase_name(p)));
@@ -269,6 +299,10 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         report.errors.add(&o.errors);
         report.messages += o.messages;
         report.client_recv_enobufs += o.recv_enobufs;
+        report.connect_retries += o.retries;
+        for (code, reason) in o.close_codes.iter().take(1) {
+            eprintln!("ringws-load: the server closed a connection: {code} {reason:?}");
+        }
         published = published.max(o.published);
     }
     // The connected count includes the publisher; the report counts subscribers.
@@ -277,7 +311,7 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         report.deliveries = report.messages;
         report.messages = published;
         report.broadcasts = broadcasts.results(published);
-        let subs = args.conns;
+        let subs = shared.subscribers_open.load(Ordering::Relaxed) as u32;
         report.fanout_complete_p50_ns = stats::complete_quantile_ns(&report.broadcasts, subs, 0.5);
         report.fanout_complete_p99_ns = stats::complete_quantile_ns(&report.broadcasts, subs, 0.99);
         report.fanout_complete_max_ns = stats::complete_quantile_ns(&report.broadcasts, subs, 1.0);

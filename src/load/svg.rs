@@ -196,7 +196,9 @@ fn nines(percentile: f64) -> f64 {
 
 /// Latency in µs, or in ms when the largest value is past 10 ms: (divisor from ns, unit).
 fn latency_unit(max_ns: u64) -> (f64, &'static str) {
-    if max_ns > 10_000_000 {
+    if max_ns > 10_000_000_000 {
+        (1e9, "s")
+    } else if max_ns > 10_000_000 {
         (1e6, "ms")
     } else {
         (1e3, "µs")
@@ -262,7 +264,7 @@ fn broadcast_panel(out: &mut String, r: &Report, y0: f64) {
     );
     let w = ((WIDTH - LEFT - RIGHT) / p.x_max - 1.0).max(1.0);
     for (i, b) in shown.iter().enumerate() {
-        let color = if b.deliveries as u64 >= r.connections {
+        let color = if b.deliveries as u64 >= r.connected {
             "#9467bd"
         } else {
             "#d62728"

@@ -16,7 +16,9 @@
 //! bytes leave together at the end of the loop turn. One `io_uring_enter` per turn
 //! (submit and wait together), unless the submission queue fills up first.
 //!
-//! `user_data` = op (8 bits) << 32 | connection index (32 bits).
+//! `user_data` = attempt (8 bits) << 40 | op (8 bits) << 32 | connection index (32 bits). A
+//! connection that failed to open is retried on the same slot with the next attempt number, so
+//! completions of an earlier attempt are recognised as stale.
 
 use std::io;
 use std::mem;
@@ -65,12 +67,12 @@ const OP_RECV: u8 = 7;
 const OP_SHUTDOWN: u8 = 8;
 const OP_CLOSE: u8 = 9;
 
-fn user_data(op: u8, conn: u32) -> u64 {
-    (u64::from(op) << 32) | u64::from(conn)
+fn user_data(attempt: u8, op: u8, conn: u32) -> u64 {
+    (u64::from(attempt) << 40) | (u64::from(op) << 32) | u64::from(conn)
 }
 
-fn split_user_data(ud: u64) -> (u8, u32) {
-    ((ud >> 32) as u8, ud as u32)
+fn split_user_data(ud: u64) -> (u8, u8, u32) {
+    ((ud >> 40) as u8, (ud >> 32) as u8, ud as u32)
 }
 
 /// `1` as a socket option value; a static so its address outlives every linked SETSOCKOPT.
@@ -93,6 +95,11 @@ pub struct Plan {
     pub duration_ms: u64,
     pub connect_timeout_ms: u64,
     pub connect_window: u32,
+    /// Times a connection that failed to open (connect error, refused handshake) is retried.
+    pub retries: u8,
+    /// Back to back: a broadcast still incomplete after this long no longer holds the next one
+    /// (a subscriber that closed mid-run must not stall the publisher).
+    pub stall_ms: u64,
 }
 
 /// Counters and the phase, shared by all workers and the main thread.
@@ -109,8 +116,12 @@ pub struct Shared {
     /// Echo round trips, or fanout deliveries.
     pub messages: AtomicU64,
     pub errors: AtomicU64,
+    /// Subscribers open when the RUN phase began (what a complete broadcast reaches).
+    pub subscribers_open: AtomicU64,
     /// Broadcasts the publisher has queued.
     pub published: AtomicU64,
+    /// SIGINT or SIGTERM: stop now and report.
+    pub interrupted: AtomicBool,
     /// The publisher is done (count or duration reached).
     pub publish_done: AtomicBool,
 }
@@ -126,8 +137,10 @@ impl Shared {
             failed: AtomicU64::new(0),
             messages: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            subscribers_open: AtomicU64::new(0),
             published: AtomicU64::new(0),
             publish_done: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
         }
     }
 
@@ -165,6 +178,10 @@ pub struct Outcome {
     pub messages: u64,
     pub published: u64,
     pub recv_enobufs: u64,
+    /// Connection attempts repeated after a failure to open.
+    pub retries: u64,
+    /// The first Close frames the server sent (code, reason), for diagnosis.
+    pub close_codes: Vec<(u16, String)>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -283,6 +300,8 @@ enum Phase {
     Handshaking,
     Open,
     Closed,
+    /// Failed to open; its slot is being closed, then it connects again.
+    Retrying,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,6 +313,8 @@ enum Kind {
 
 struct Conn {
     phase: Phase,
+    /// Which attempt at opening this is (see `user_data`).
+    attempt: u8,
     kind: Kind,
     recv_armed: bool,
     send_busy: bool,
@@ -311,6 +332,13 @@ struct Conn {
     /// Echo: counter of the message in flight and when it was sent.
     echo_counter: u64,
     echo_sent_ns: u64,
+}
+
+impl Conn {
+    /// Closed, or closed and waiting to connect again: no sends, no receives.
+    fn is_dead(&self) -> bool {
+        matches!(self.phase, Phase::Closed | Phase::Retrying)
+    }
 }
 
 /// What a received message is checked against, and where results go.
@@ -357,8 +385,14 @@ impl Sink for ConnSink<'_, '_> {
         }
     }
 
-    fn close(&mut self, _code: u16, _reason: &str) {
+    fn close(&mut self, code: u16, reason: &str) {
         self.closed_by_peer = true;
+        if self.ctx.out.close_codes.len() < 4 {
+            self.ctx
+                .out
+                .close_codes
+                .push((code, reason.chars().take(60).collect()));
+        }
     }
 
     fn send_frame(&mut self, frame: &[u8]) {
@@ -450,10 +484,15 @@ struct Worker {
     dirty: Vec<u32>,
     next_connect: u32,
     connecting: u32,
+    /// Connections waiting to connect again: (when, index), in order of time.
+    retry_queue: std::collections::VecDeque<(u64, u32)>,
+    /// Connections below this index are past their handshake (open or closed): not scanned.
+    scan_from: u32,
     /// [0] = the server, [1..] = source addresses. Boxed: linked SQEs point into it.
     addrs: Box<[libc::sockaddr_in]>,
     connect_timeout: Box<Timespec>,
     template: Vec<u8>,
+    limits: Limits,
     random: Random,
     cqes: Vec<(u64, i32, u32)>,
     local: Local,
@@ -462,7 +501,10 @@ struct Worker {
     shared: Arc<Shared>,
     setup: Setup,
     seen_phase: u8,
+    /// Failures already described on stderr.
+    notes: u32,
     published: u64,
+    last_publish_ns: u64,
     next_publish_ns: u64,
     last_scan_ms: u64,
 }
@@ -505,6 +547,8 @@ impl Worker {
         let (count, bytes) = recv_buffers(&plan, slots);
         let bufs = BufRing::new(&ring, count, bytes)?;
         let mut random = Random::new();
+        // Once: `Limits::default()` builds a whole `Config`, which asks the OS for the core count.
+        let limits = Limits::default();
         let mut conns = Vec::with_capacity(slots as usize);
         for i in 0..slots {
             let seed = u64::from_le_bytes(random.next16()[..8].try_into().expect("8 bytes"));
@@ -515,12 +559,13 @@ impl Worker {
             };
             conns.push(Conn {
                 phase: Phase::Idle,
+                attempt: 0,
                 kind,
                 recv_armed: false,
                 send_busy: false,
                 started_ms: 0,
                 key: [0; handshake::KEY_LEN],
-                proto: Connection::new(Role::Client, Limits::default(), seed),
+                proto: Connection::new(Role::Client, limits, seed),
                 response: Vec::new(),
                 pending: Vec::new(),
                 inflight: Vec::new(),
@@ -546,9 +591,12 @@ impl Worker {
             dirty: Vec::new(),
             next_connect: 0,
             connecting: 0,
+            scan_from: 0,
+            retry_queue: std::collections::VecDeque::new(),
             addrs: addrs.into_boxed_slice(),
             connect_timeout,
             template: payload::template(plan.size),
+            limits,
             random,
             cqes: Vec::with_capacity(cq as usize),
             local: Local::default(),
@@ -557,7 +605,9 @@ impl Worker {
             shared,
             setup,
             seen_phase: phase::CONNECT,
+            notes: 0,
             published: 0,
+            last_publish_ns: 0,
             next_publish_ns: 0,
             last_scan_ms: 0,
         })
@@ -633,6 +683,10 @@ impl Worker {
 
     // --- submission ---------------------------------------------------------------------------
 
+    fn ud(&self, op: u8, i: u32) -> u64 {
+        user_data(self.conns[i as usize].attempt, op, i)
+    }
+
     /// Pushes linked entries as a unit, submitting first if the queue lacks room.
     fn push(&mut self, entries: &[squeue::Entry]) -> io::Result<()> {
         loop {
@@ -649,6 +703,13 @@ impl Worker {
     }
 
     fn start_connects(&mut self, now_ns: u64) -> io::Result<()> {
+        while let Some(&(due, i)) = self.retry_queue.front() {
+            if due > now_ns {
+                break;
+            }
+            self.retry_queue.pop_front();
+            self.start_connect(i, now_ns)?;
+        }
         while self.connecting < self.plan.connect_window
             && (self.next_connect as usize) < self.conns.len()
         {
@@ -663,7 +724,19 @@ impl Worker {
     fn start_connect(&mut self, i: u32, now_ns: u64) -> io::Result<()> {
         let global = self.setup.first_id + u64::from(i);
         let src = 1 + (global % u64::from(self.plan.src_ips)) as usize;
+        let fresh = self.conns[i as usize].attempt > 0;
+        let seed = if fresh {
+            u64::from_le_bytes(self.random.next16()[..8].try_into().expect("8 bytes"))
+        } else {
+            0
+        };
         let c = &mut self.conns[i as usize];
+        if fresh {
+            // A retry: the failed attempt left the protocol state Closed.
+            c.proto = Connection::new(Role::Client, self.limits, seed);
+            c.response = Vec::new();
+            c.seq = SeqTracker::default();
+        }
         c.phase = Phase::Connecting;
         c.started_ms = (now_ns / 1_000_000) as u32;
         let fd = Fixed(i);
@@ -678,7 +751,7 @@ impl Worker {
                 .file_index(Some(slot))
                 .build()
                 .flags(quiet)
-                .user_data(user_data(OP_SOCKET, i)),
+                .user_data(self.ud(OP_SOCKET, i)),
             opcode::SetSockOpt::new(
                 fd,
                 libc::SOL_IP as u32,
@@ -688,7 +761,7 @@ impl Worker {
             )
             .build()
             .flags(quiet)
-            .user_data(user_data(OP_SOCKOPT, i)),
+            .user_data(self.ud(OP_SOCKOPT, i)),
             opcode::SetSockOpt::new(
                 fd,
                 libc::IPPROTO_TCP as u32,
@@ -698,7 +771,7 @@ impl Worker {
             )
             .build()
             .flags(quiet)
-            .user_data(user_data(OP_SOCKOPT, i)),
+            .user_data(self.ud(OP_SOCKOPT, i)),
             opcode::Bind::new(
                 fd,
                 (&self.addrs[src] as *const libc::sockaddr_in).cast(),
@@ -706,14 +779,14 @@ impl Worker {
             )
             .build()
             .flags(quiet)
-            .user_data(user_data(OP_BIND, i)),
+            .user_data(self.ud(OP_BIND, i)),
             opcode::Connect::new(fd, (&self.addrs[0] as *const libc::sockaddr_in).cast(), len)
                 .build()
                 .flags(link)
-                .user_data(user_data(OP_CONNECT, i)),
+                .user_data(self.ud(OP_CONNECT, i)),
             opcode::LinkTimeout::new(&*self.connect_timeout)
                 .build()
-                .user_data(user_data(OP_LINK_TIMEOUT, i)),
+                .user_data(self.ud(OP_LINK_TIMEOUT, i)),
         ];
         self.push(&chain)
     }
@@ -722,7 +795,7 @@ impl Worker {
         self.conns[i as usize].recv_armed = true;
         let e = opcode::RecvMulti::new(Fixed(i), BUF_GROUP)
             .build()
-            .user_data(user_data(OP_RECV, i));
+            .user_data(self.ud(OP_RECV, i));
         self.push(&[e])
     }
 
@@ -735,7 +808,7 @@ impl Worker {
         let dirty = mem::take(&mut self.dirty);
         for &i in &dirty {
             let c = &mut self.conns[i as usize];
-            if c.send_busy || c.pending.is_empty() || c.phase == Phase::Closed {
+            if c.send_busy || c.pending.is_empty() || c.is_dead() {
                 continue;
             }
             debug_assert!(c.inflight.is_empty());
@@ -744,7 +817,7 @@ impl Worker {
             let (ptr, len) = (c.inflight.as_ptr(), c.inflight.len() as u32);
             let e = opcode::Send::new(Fixed(i), ptr, len)
                 .build()
-                .user_data(user_data(OP_SEND, i));
+                .user_data(self.ud(OP_SEND, i));
             self.push(&[e])?;
         }
         let mut dirty = dirty;
@@ -784,12 +857,32 @@ impl Worker {
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
         for &(ud, res, flags) in &cqes {
-            let (op, i) = split_user_data(ud);
-            self.complete(op, i, res, flags)?;
+            let (attempt, op, i) = split_user_data(ud);
+            if attempt == self.conns[i as usize].attempt {
+                self.complete(op, i, res, flags)?;
+            } else {
+                self.stale(op, i, flags);
+            }
         }
         cqes.clear();
         self.cqes = cqes;
         Ok(())
+    }
+
+    /// A completion of an earlier attempt: release what it held, nothing else.
+    fn stale(&mut self, op: u8, i: u32, flags: u32) {
+        if op == OP_RECV {
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                self.bufs.put(bid);
+            }
+        } else if op == OP_SEND {
+            let c = &mut self.conns[i as usize];
+            c.send_busy = false;
+            c.inflight.clear();
+            if !c.pending.is_empty() {
+                self.mark_dirty(i);
+            }
+        }
     }
 
     fn complete(&mut self, op: u8, i: u32, res: i32, flags: u32) -> io::Result<()> {
@@ -804,6 +897,13 @@ impl Worker {
             OP_LINK_TIMEOUT => {} // the connect's own completion tells what happened
             OP_SEND => self.on_send(i, res)?,
             OP_RECV => self.on_recv(i, res, flags)?,
+            OP_CLOSE if self.conns[i as usize].phase == Phase::Retrying => {
+                // Back off 100 ms, 200 ms, 400 ms … so a refusing server is not hammered.
+                let c = &mut self.conns[i as usize];
+                c.attempt += 1;
+                let due = self.shared.now_ns() + (100_000_000 << (c.attempt - 1).min(6));
+                self.retry_queue.push_back((due, i));
+            }
             OP_SHUTDOWN | OP_CLOSE => {}
             _ => unreachable!("unknown op {op} in user_data"),
         }
@@ -840,6 +940,7 @@ impl Worker {
             return if c.phase == Phase::Closed {
                 Ok(())
             } else {
+                self.note(i, "send", res);
                 self.fail(i)
             };
         }
@@ -849,7 +950,7 @@ impl Worker {
             let (ptr, len) = (c.inflight.as_ptr(), c.inflight.len() as u32);
             let e = opcode::Send::new(Fixed(i), ptr, len)
                 .build()
-                .user_data(user_data(OP_SEND, i));
+                .user_data(self.ud(OP_SEND, i));
             return self.push(&[e]);
         }
         c.inflight.clear();
@@ -884,12 +985,13 @@ impl Worker {
             self.after_data(i, outcome, now_ns)?;
         } else if res == -libc::ENOBUFS {
             self.out.recv_enobufs += 1;
-        } else if self.conns[i as usize].phase != Phase::Closed {
+        } else if !self.conns[i as usize].is_dead() {
             // 0: the server ended TCP; < 0: reset or another error.
+            self.note(i, "recv", res);
             return self.fail(i);
         }
         let c = &self.conns[i as usize];
-        if !c.recv_armed && c.phase != Phase::Closed {
+        if !c.recv_armed && !c.is_dead() {
             self.arm_recv(i)?;
         }
         Ok(())
@@ -917,7 +1019,10 @@ impl Worker {
                 }
             }
             DataOutcome::HandshakeFailed => return self.fail_open(i, false),
-            DataOutcome::Failed => return self.fail(i),
+            DataOutcome::Failed => {
+                self.note(i, "protocol or close frame", 0);
+                return self.fail(i);
+            }
         }
         if !self.conns[i as usize].pending.is_empty() {
             self.mark_dirty(i);
@@ -971,9 +1076,16 @@ impl Worker {
                 due
             }
             None => {
-                let complete =
-                    self.shared.messages.load(Ordering::Acquire) / self.plan.subscribers.max(1);
-                self.published.saturating_sub(complete) < u64::from(self.plan.inflight)
+                // Subscribers still open (some may close mid-run): what a complete broadcast
+                // reaches. A broadcast incomplete for `stall_ms` stops holding the next one.
+                let open = self.shared.open.load(Ordering::Acquire).saturating_sub(1);
+                let subscribers = open
+                    .min(self.shared.subscribers_open.load(Ordering::Acquire))
+                    .max(1);
+                let complete = self.shared.messages.load(Ordering::Acquire) / subscribers;
+                let stalled =
+                    now_ns.saturating_sub(self.last_publish_ns) > self.plan.stall_ms * 1_000_000;
+                self.published.saturating_sub(complete) < u64::from(self.plan.inflight) || stalled
             }
         };
         if due {
@@ -990,6 +1102,7 @@ impl Worker {
             payload::write_fanout(body, seq, sent_ns)
         });
         self.published += 1;
+        self.last_publish_ns = sent_ns;
         self.shared
             .published
             .store(self.published, Ordering::Release);
@@ -1001,6 +1114,20 @@ impl Worker {
     /// The connection could not be opened (connect or handshake).
     fn fail_open(&mut self, i: u32, socket_failed: bool) -> io::Result<()> {
         let c = &self.conns[i as usize];
+        if c.attempt < self.plan.retries && self.seen_phase == phase::CONNECT {
+            self.out.retries += 1;
+            if socket_failed {
+                let c = &mut self.conns[i as usize];
+                c.attempt += 1;
+                c.phase = Phase::Retrying;
+                let due = self.shared.now_ns() + (100_000_000 << (c.attempt - 1).min(6));
+                self.retry_queue.push_back((due, i));
+                return Ok(());
+            }
+            self.close(i, true)?;
+            self.conns[i as usize].phase = Phase::Retrying;
+            return Ok(());
+        }
         if c.phase == Phase::Handshaking {
             self.out.errors.handshake += 1;
         } else {
@@ -1011,11 +1138,28 @@ impl Worker {
         self.close(i, !socket_failed)
     }
 
+    /// Says why the first few connections of this worker failed (stderr), for diagnosis.
+    fn note(&mut self, i: u32, what: &str, res: i32) {
+        if self.notes < 3 && self.conns[i as usize].phase == Phase::Open {
+            self.notes += 1;
+            let err = io::Error::from_raw_os_error(-res);
+            let why = if res < 0 {
+                err.to_string()
+            } else {
+                format!("result {res}")
+            };
+            eprintln!(
+                "ringws-load: worker {} connection {i}: {what}: {why}",
+                self.setup.index
+            );
+        }
+    }
+
     /// An open connection ended or failed.
     fn fail(&mut self, i: u32) -> io::Result<()> {
         match self.conns[i as usize].phase {
             Phase::Connecting | Phase::Handshaking => return self.fail_open(i, false),
-            Phase::Closed | Phase::Idle => return Ok(()),
+            Phase::Closed | Phase::Retrying | Phase::Idle => return Ok(()),
             Phase::Open => {}
         }
         self.out.errors.closed += 1;
@@ -1037,10 +1181,10 @@ impl Worker {
             opcode::Shutdown::new(Fixed(i), libc::SHUT_RDWR)
                 .build()
                 .flags(squeue::Flags::IO_LINK)
-                .user_data(user_data(OP_SHUTDOWN, i)),
+                .user_data(self.ud(OP_SHUTDOWN, i)),
             opcode::Close::new(Fixed(i))
                 .build()
-                .user_data(user_data(OP_CLOSE, i)),
+                .user_data(self.ud(OP_CLOSE, i)),
         ];
         self.push(&chain)
     }
@@ -1053,7 +1197,15 @@ impl Worker {
         }
         self.last_scan_ms = now_ms;
         let limit = self.plan.connect_timeout_ms;
-        for i in 0..self.next_connect {
+        while self.scan_from < self.next_connect
+            && matches!(
+                self.conns[self.scan_from as usize].phase,
+                Phase::Open | Phase::Closed
+            )
+        {
+            self.scan_from += 1;
+        }
+        for i in self.scan_from..self.next_connect {
             let c = &self.conns[i as usize];
             if c.phase == Phase::Handshaking
                 && now_ms.saturating_sub(u64::from(c.started_ms)) > limit
