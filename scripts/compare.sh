@@ -16,6 +16,7 @@
 #        QUICK=1 scripts/compare.sh    # quick: 2 rounds x (1 s warm-up + 4 s measured)
 # Knobs (env): ROUNDS WARMUP_S MEASURE_S CONFIGS="100x20 100x512 500x1024 500x16384"
 #              SERVERS="ringws fastwebsockets tungstenite tokio-websockets"
+#                (an entry "ringws:/path/to/ringws" runs another ringws build: A/B of two engines)
 #              FANOUT_CONFIGS="500x512" (broadcast mode + `ringws-load fanout`; "" to skip)
 #              OUT=docs/COMPARE.md  PORT_BASE=19300  SKIP_BUILD=1
 set -euo pipefail
@@ -60,10 +61,12 @@ start_server() {
     local name=$1 mode=$2 port=$3 log=$WORK/server.log
     case $name in
         ringws) taskset -c 0 "$BIN/ringws" serve --workers 1 --no-pin --mode "$mode" --port "$port" >"$log" 2>&1 & ;;
+        # Another ringws build, for A/B runs: SERVERS="ringws ringws:/path/to/other/ringws".
+        ringws:*) taskset -c 0 "${name#ringws:}" serve --workers 1 --no-pin --mode "$mode" --port "$port" >"$log" 2>&1 & ;;
         *) taskset -c 0 "$BIN/peer-$name" --mode "$mode" --port "$port" >"$log" 2>&1 & ;;
     esac
     SERVER_PID=$!
-    for _ in $(seq 100); do
+    for _ in $(seq 400); do
         grep -q "listening on" "$log" 2>/dev/null && return 0
         sleep 0.05
     done
