@@ -19,6 +19,7 @@
 #   INFLIGHT    fanout: broadcasts in flight              [8; 1 with BROADCASTS]
 #   INTERVAL_MS fanout: one broadcast every T ms instead of back to back
 #   SERVER_CPUS / LOAD_CPUS  taskset lists                [0 / 1 on 2+ cores]
+#   SERVER_ARGS extra flags for `ringws serve`
 #   NO_BUILD=1  skip `cargo build --release`
 set -euo pipefail
 
@@ -126,6 +127,13 @@ start_server() { # mode conns -> sets SERVER_PID, URL
         # Many workers on few cores: smaller receive pools keep user space per connection low.
         extra=(--recv-buffers 256 --recv-buffer-bytes 4096)
     fi
+    if [[ $conns -ge 100000 ]]; then
+        # Connections opened together fall due for the heartbeat together: a wave of pings
+        # that stalls a small machine (docs/TUNING.md). The benchmark runs without it.
+        extra+=(--ping-interval-ms 600000)
+    fi
+    # shellcheck disable=SC2206 # SERVER_ARGS is a list of extra flags on purpose
+    extra+=(${SERVER_ARGS:-})
     read -r scpu _ < <(cpu_list)
     check_limits "$conns" "$workers"
     : >"$log"

@@ -20,7 +20,7 @@ usage: ringws-load <echo|fanout|connect|idle> [options]
   --pin-cpus LIST              pin worker i to CPU LIST[i % len], e.g. 1 or 0,1
   --connect-timeout-ms T       per connection: connect + handshake                    [10000]
   --connect-window N           connects in progress per worker                        [256]
-  --retries R                  retry a connection that failed to open, R times        [3]
+  --retries R                  retry a connection that failed to open, R times        [5]
   --deadline-s T               the whole run stops by then, whatever happens          [auto]
   --grace-ms T                 fanout: wait this long for the last deliveries; a      [5000]
                                broadcast incomplete this long stops holding the next
@@ -169,7 +169,7 @@ impl Args {
             pin_cpus: Vec::new(),
             connect_timeout_ms: 10_000,
             connect_window: 256,
-            retries: 3,
+            retries: 5,
             deadline_ms: None,
             grace_ms: 5_000,
             quiet: false,
