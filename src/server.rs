@@ -70,6 +70,12 @@ where
     sys::ensure_nofile(u64::from(
         config.connections_per_worker_max + SPARE_FIXED_FILES,
     ))?;
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let a second server (same user) silently share the port and take
+        // part of its connections: refuse a port that is already bound.
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    }
     let first = sys::listener(addr, config.listen_backlog)?;
     let addr = SocketAddr::new(addr.ip(), sys::local_port(first.as_raw_fd())?);
     let mut listeners = vec![first];
@@ -145,6 +151,7 @@ where
 {
     // Blocked here, so the workers (spawned after) inherit the mask and only sigwait sees them.
     sys::block_shutdown_signals()?;
+    sys::ignore_sigpipe()?;
     let handle = start(addr, config, factory)?;
     on_ready(handle.local_addr());
     sys::wait_signal()?;
