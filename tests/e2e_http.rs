@@ -81,6 +81,8 @@ fn metrics_count_and_return_to_baseline() {
     assert_eq!(metric(addr, "ringws_connections{state=\"open\"}"), 10);
     assert!(settles(addr, "ringws_fixed_files_in_use", base_files + 10));
     assert!(metric(addr, "ringws_messages_received_total") >= 10);
+    // Small echoes leave from registered buffers (WRITE_FIXED).
+    assert!(metric(addr, "ringws_sends_fixed_total") >= 10);
     for c in &mut clients {
         c.close(1000, "").unwrap();
         assert_eq!(c.recv_close().unwrap().0, 1000);

@@ -1405,6 +1405,28 @@ impl<H: Handler> Worker<H> {
     }
 }
 
+impl<H> Worker<H> {
+    /// After a panic (in a handler, or an assertion): the ring is closed and its connections
+    /// end with it, the listener is closed so that SO_REUSEPORT stops routing connections here,
+    /// and every buffer the kernel may still touch is leaked rather than freed.
+    fn abandon(self) {
+        let Worker {
+            ring, recv, eng, ..
+        } = self;
+        drop(ring);
+        std::mem::forget(recv);
+        let Engine {
+            listener,
+            slots,
+            sh,
+            ..
+        } = eng;
+        drop(listener);
+        std::mem::forget(slots);
+        std::mem::forget(sh);
+    }
+}
+
 /// Runs a worker on the calling thread until shutdown. `ready` gets `Ok` once the worker
 /// accepts (or the set-up error).
 pub(crate) fn run<H: Handler>(
@@ -1420,7 +1442,15 @@ pub(crate) fn run<H: Handler>(
         }
     };
     let _ = ready.send(Ok(()));
-    let res = worker.run();
-    worker.finish();
-    res
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+    match res {
+        Ok(res) => {
+            worker.finish();
+            res
+        }
+        Err(panic) => {
+            worker.abandon();
+            std::panic::resume_unwind(panic)
+        }
+    }
 }
