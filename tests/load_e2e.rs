@@ -54,6 +54,7 @@ fn load(args: &[&str], out: &PathBuf) -> String {
             "--deadline-s",
             "60",
         ])
+        .stdout(Stdio::null())
         .status()
         .expect("run ringws-load");
     let json = std::fs::read_to_string(out).expect("report written");
