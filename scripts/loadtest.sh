@@ -18,6 +18,7 @@
 #   BROADCASTS  fanout: stop after this many broadcasts   [none: run DURATION]
 #   INFLIGHT    fanout: broadcasts in flight              [8; 1 with BROADCASTS]
 #   INTERVAL_MS fanout: one broadcast every T ms instead of back to back
+#   MODE        fanout through the server's broadcast or pubsub mode   [broadcast]
 #   SERVER_CPUS / LOAD_CPUS  taskset lists                [0 / 1 on 2+ cores]
 #   SERVER_ARGS extra flags for `ringws serve`
 #   NO_BUILD=1  skip `cargo build --release`
@@ -162,7 +163,7 @@ run_scenario() { # scenario
     local sc=$1 mode=echo conns size args=()
     case $sc in
         echo) conns=${CONNS:-100}; size=${SIZE:-512} ;;
-        fanout) conns=${CONNS:-10000}; size=${SIZE:-64}; mode=broadcast ;;
+        fanout) conns=${CONNS:-10000}; size=${SIZE:-64}; mode=${MODE:-broadcast} ;;
         connect|idle) conns=${CONNS:-10000}; size=${SIZE:-64} ;;
         *) die "unknown scenario $sc (all, echo, fanout, connect, idle)" ;;
     esac
@@ -179,6 +180,7 @@ run_scenario() { # scenario
             args+=(--inflight "${INFLIGHT:-8}")
         fi
         [[ -n ${INTERVAL_MS:-} ]] && args+=(--interval-ms "$INTERVAL_MS")
+        args+=(--mode "$mode")
     fi
     # The load generator stops by itself (its own deadline); `timeout` is the backstop.
     local limit=$(( DURATION * 3 + conns / 2000 + 120 ))

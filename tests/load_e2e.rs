@@ -144,3 +144,36 @@ fn connect_then_idle() {
     assert_eq!(value(&json, "connected"), 100.0);
     assert_eq!(value(&json, "errors"), 0.0);
 }
+
+#[test]
+fn fanout_through_pubsub_300_subscribers_nothing_lost() {
+    let (_server, url) = serve("pubsub");
+    let json = load(
+        &[
+            "fanout",
+            "--mode",
+            "pubsub",
+            "--topic",
+            "load-test",
+            "--url",
+            &url,
+            "--conns",
+            "300",
+            "--size",
+            "48",
+            "--broadcasts",
+            "10",
+            "--duration",
+            "30",
+        ],
+        &out_path("pubsub"),
+    );
+    assert_eq!(
+        value(&json, "connected"),
+        300.0,
+        "every subscription confirmed"
+    );
+    assert_eq!(value(&json, "deliveries"), 3000.0);
+    assert_eq!(value(&json, "missing"), 0.0);
+    assert_eq!(value(&json, "errors"), 0.0);
+}
