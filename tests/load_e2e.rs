@@ -15,8 +15,13 @@ impl Drop for Server {
 
 /// Starts `ringws serve` on a free port and returns it with its URL.
 fn serve(mode: &str) -> (Server, String) {
+    serve_with(mode, &[])
+}
+
+fn serve_with(mode: &str, extra: &[&str]) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringws"))
         .args(["serve", "--port", "0", "--workers", "1", "--mode", mode])
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start ringws serve");
@@ -137,8 +142,14 @@ fn connect_then_idle() {
     );
     assert_eq!(value(&json, "connected"), 300.0);
     assert!(value(&json, "connect_per_s") > 0.0);
+    // The server pings every 100 ms and closes a connection silent 300 ms after a ping: idle
+    // connections survive only if the client core answers the pings.
+    let (_pinging, url) = serve_with(
+        "echo",
+        &["--ping-interval-ms", "100", "--pong-timeout-ms", "300"],
+    );
     let json = load(
-        &["idle", "--url", &url, "--conns", "100", "--duration", "1"],
+        &["idle", "--url", &url, "--conns", "100", "--duration", "1.5"],
         &out_path("idle"),
     );
     assert_eq!(value(&json, "connected"), 100.0);
