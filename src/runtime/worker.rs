@@ -1184,16 +1184,6 @@ impl<H: Handler> Engine<H> {
     }
 }
 
-/// SEND_ZC threshold from `RINGWS_SEND_ZC_MIN_BYTES` (unset or 0: off). Off by default: on
-/// loopback it measured slower than a copying send (see the engine report); it may pay on a NIC
-/// for large payloads.
-fn zc_bytes_min() -> usize {
-    std::env::var("RINGWS_SEND_ZC_MIN_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The op for the next send of a queue (zero-copy for large batches when enabled).
 fn send_op(key: Key, fd: u32, op: SendOp, q: &mut SendQueue, zc_bytes_min: usize) -> Op {
     if zc_bytes_min > 0 && q.inflight_bytes() >= zc_bytes_min {
@@ -1269,7 +1259,7 @@ impl<H: Handler> Worker<H> {
             publisher: setup.publisher,
             send_queue_bytes_max: cfg.send_queue_bytes_max,
             policy: cfg.backpressure,
-            zc_bytes_min: zc_bytes_min(),
+            zc_bytes_min: cfg.send_zc_bytes_min,
         };
         let eng = Engine {
             limits: Limits::from_config(&cfg),
