@@ -18,10 +18,13 @@
 #   BROADCASTS  fanout: stop after this many broadcasts   [none: run DURATION]
 #   INFLIGHT    fanout: broadcasts in flight              [8; 1 with BROADCASTS]
 #   INTERVAL_MS fanout: one broadcast every T ms instead of back to back
+#   GRACE_MS    fanout: wait for the last deliveries      [max(5000, CONNS / 30)]
 #   MODE        fanout through the server's broadcast or pubsub mode   [broadcast]
 #   SERVER_CPUS / LOAD_CPUS  taskset lists                [0 / 1 on 2+ cores]
 #   SERVER_ARGS extra flags for `ringws serve`
 #   NO_BUILD=1  skip `cargo build --release`
+#   NETNS=1     run server and load generator in a fresh network namespace (root; its loopback,
+#               and a larger TCP hash table if net.ipv4.tcp_child_ehash_entries was raised first)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -101,8 +104,9 @@ check_limits() {
         warn "about $((need_kb / 1024)) MiB needed for $conns connections, $((avail_kb / 1024)) MiB available"
         ok=0
     fi
-    local tcp_mem_max; tcp_mem_max=$(awk '{print $3}' /proc/sys/net/ipv4/tcp_mem)
-    if [[ $(( tcp_mem_max * 4 )) -lt $(( conns * 8 )) ]]; then   # pages of 4 KiB vs ~4 KiB/conn
+    local tcp_mem_max # global: not visible inside a child network namespace
+    tcp_mem_max=$(awk '{print $3}' /proc/sys/net/ipv4/tcp_mem 2>/dev/null || echo 0)
+    if [[ $tcp_mem_max -gt 0 && $(( tcp_mem_max * 4 )) -lt $(( conns * 8 )) ]]; then   # pages of 4 KiB vs ~4 KiB/conn
         warn "net.ipv4.tcp_mem max is $tcp_mem_max pages: too little for $conns connections' buffers;"
         warn "  sysctl -w net.ipv4.tcp_mem='$((conns * 2)) $((conns * 3)) $((conns * 4))'"
         ok=0
@@ -181,6 +185,9 @@ run_scenario() { # scenario
         fi
         [[ -n ${INTERVAL_MS:-} ]] && args+=(--interval-ms "$INTERVAL_MS")
         args+=(--mode "$mode")
+        # Time for the last broadcast to reach everyone: ~10 s per 10^6 subscribers here.
+        local grace=$(( conns / 30 )); [[ $grace -ge 5000 ]] || grace=5000
+        args+=(--grace-ms "${GRACE_MS:-$grace}")
     fi
     # The load generator stops by itself (its own deadline); `timeout` is the backstop.
     local limit=$(( DURATION * 3 + conns / 2000 + 120 ))
@@ -221,6 +228,11 @@ mkdir -p "$OUT"
 if [[ -z ${NO_BUILD:-} ]]; then
     say "build (release)"
     cargo build --release --bin ringws --bin ringws-load
+fi
+if [[ ${NETNS:-} == 1 && -z ${RINGWS_IN_NETNS:-} ]]; then
+    say "entering a new network namespace (tcp_child_ehash_entries=$(read_sysctl net/ipv4/tcp_child_ehash_entries))"
+    trap - EXIT
+    exec unshare -n env NO_BUILD=1 RINGWS_IN_NETNS=1 bash -c 'ip link set lo up && exec "$0" "$@"' "$0" "$@"
 fi
 SUMMARY=()
 case $SCENARIO in
