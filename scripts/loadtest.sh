@@ -18,8 +18,13 @@
 #   BROADCASTS  fanout: stop after this many broadcasts   [none: run DURATION]
 #   INFLIGHT    fanout: broadcasts in flight              [8; 1 with BROADCASTS]
 #   INTERVAL_MS fanout: one broadcast every T ms instead of back to back
+#   GRACE_MS    fanout: wait for the last deliveries      [max(5000, CONNS / 30)]
+#   MODE        fanout through the server's broadcast or pubsub mode   [broadcast]
 #   SERVER_CPUS / LOAD_CPUS  taskset lists                [0 / 1 on 2+ cores]
+#   SERVER_ARGS extra flags for `ringws serve`
 #   NO_BUILD=1  skip `cargo build --release`
+#   NETNS=1     run server and load generator in a fresh network namespace (root; its loopback,
+#               and a larger TCP hash table if net.ipv4.tcp_child_ehash_entries was raised first)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -99,8 +104,9 @@ check_limits() {
         warn "about $((need_kb / 1024)) MiB needed for $conns connections, $((avail_kb / 1024)) MiB available"
         ok=0
     fi
-    local tcp_mem_max; tcp_mem_max=$(awk '{print $3}' /proc/sys/net/ipv4/tcp_mem)
-    if [[ $(( tcp_mem_max * 4 )) -lt $(( conns * 8 )) ]]; then   # pages of 4 KiB vs ~4 KiB/conn
+    local tcp_mem_max # global: not visible inside a child network namespace
+    tcp_mem_max=$(awk '{print $3}' /proc/sys/net/ipv4/tcp_mem 2>/dev/null || echo 0)
+    if [[ $tcp_mem_max -gt 0 && $(( tcp_mem_max * 4 )) -lt $(( conns * 8 )) ]]; then   # pages of 4 KiB vs ~4 KiB/conn
         warn "net.ipv4.tcp_mem max is $tcp_mem_max pages: too little for $conns connections' buffers;"
         warn "  sysctl -w net.ipv4.tcp_mem='$((conns * 2)) $((conns * 3)) $((conns * 4))'"
         ok=0
@@ -126,6 +132,13 @@ start_server() { # mode conns -> sets SERVER_PID, URL
         # Many workers on few cores: smaller receive pools keep user space per connection low.
         extra=(--recv-buffers 256 --recv-buffer-bytes 4096)
     fi
+    if [[ $conns -ge 100000 ]]; then
+        # Connections opened together fall due for the heartbeat together: a wave of pings
+        # that stalls a small machine (docs/TUNING.md). The benchmark runs without it.
+        extra+=(--ping-interval-ms 600000)
+    fi
+    # shellcheck disable=SC2206 # SERVER_ARGS is a list of extra flags on purpose
+    extra+=(${SERVER_ARGS:-})
     read -r scpu _ < <(cpu_list)
     check_limits "$conns" "$workers"
     : >"$log"
@@ -154,7 +167,7 @@ run_scenario() { # scenario
     local sc=$1 mode=echo conns size args=()
     case $sc in
         echo) conns=${CONNS:-100}; size=${SIZE:-512} ;;
-        fanout) conns=${CONNS:-10000}; size=${SIZE:-64}; mode=broadcast ;;
+        fanout) conns=${CONNS:-10000}; size=${SIZE:-64}; mode=${MODE:-broadcast} ;;
         connect|idle) conns=${CONNS:-10000}; size=${SIZE:-64} ;;
         *) die "unknown scenario $sc (all, echo, fanout, connect, idle)" ;;
     esac
@@ -171,6 +184,10 @@ run_scenario() { # scenario
             args+=(--inflight "${INFLIGHT:-8}")
         fi
         [[ -n ${INTERVAL_MS:-} ]] && args+=(--interval-ms "$INTERVAL_MS")
+        args+=(--mode "$mode")
+        # Time for the last broadcast to reach everyone: ~10 s per 10^6 subscribers here.
+        local grace=$(( conns / 30 )); [[ $grace -ge 5000 ]] || grace=5000
+        args+=(--grace-ms "${GRACE_MS:-$grace}")
     fi
     # The load generator stops by itself (its own deadline); `timeout` is the backstop.
     local limit=$(( DURATION * 3 + conns / 2000 + 120 ))
@@ -211,6 +228,11 @@ mkdir -p "$OUT"
 if [[ -z ${NO_BUILD:-} ]]; then
     say "build (release)"
     cargo build --release --bin ringws --bin ringws-load
+fi
+if [[ ${NETNS:-} == 1 && -z ${RINGWS_IN_NETNS:-} ]]; then
+    say "entering a new network namespace (tcp_child_ehash_entries=$(read_sysctl net/ipv4/tcp_child_ehash_entries))"
+    trap - EXIT
+    exec unshare -n env NO_BUILD=1 RINGWS_IN_NETNS=1 bash -c 'ip link set lo up && exec "$0" "$@"' "$0" "$@"
 fi
 SUMMARY=()
 case $SCENARIO in

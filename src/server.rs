@@ -58,7 +58,8 @@ impl ServerHandle {
 }
 
 /// Starts a server on `addr` (port 0 picks a free port). `factory` builds each worker's handler
-/// on that worker's thread. Returns once every worker accepts.
+/// on that worker's thread. Returns once every worker accepts. SIGPIPE is set to be ignored for
+/// the process: registered-buffer sends are `write`s, which have no MSG_NOSIGNAL.
 pub fn start<H, F>(addr: SocketAddr, config: Config, factory: F) -> io::Result<ServerHandle>
 where
     H: Handler,
@@ -67,6 +68,7 @@ where
     config
         .validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    sys::ignore_sigpipe()?;
     sys::ensure_nofile(u64::from(
         config.connections_per_worker_max + SPARE_FIXED_FILES,
     ))?;
@@ -151,7 +153,6 @@ where
 {
     // Blocked here, so the workers (spawned after) inherit the mask and only sigwait sees them.
     sys::block_shutdown_signals()?;
-    sys::ignore_sigpipe()?;
     let handle = start(addr, config, factory)?;
     on_ready(handle.local_addr());
     sys::wait_signal()?;

@@ -15,8 +15,13 @@ impl Drop for Server {
 
 /// Starts `ringws serve` on a free port and returns it with its URL.
 fn serve(mode: &str) -> (Server, String) {
+    serve_with(mode, &[])
+}
+
+fn serve_with(mode: &str, extra: &[&str]) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringws"))
         .args(["serve", "--port", "0", "--workers", "1", "--mode", mode])
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start ringws serve");
@@ -54,6 +59,7 @@ fn load(args: &[&str], out: &PathBuf) -> String {
             "--deadline-s",
             "60",
         ])
+        .stdout(Stdio::null())
         .status()
         .expect("run ringws-load");
     let json = std::fs::read_to_string(out).expect("report written");
@@ -136,10 +142,49 @@ fn connect_then_idle() {
     );
     assert_eq!(value(&json, "connected"), 300.0);
     assert!(value(&json, "connect_per_s") > 0.0);
+    // The server pings every 100 ms and closes a connection silent 300 ms after a ping: idle
+    // connections survive only if the client core answers the pings.
+    let (_pinging, url) = serve_with(
+        "echo",
+        &["--ping-interval-ms", "100", "--pong-timeout-ms", "300"],
+    );
     let json = load(
-        &["idle", "--url", &url, "--conns", "100", "--duration", "1"],
+        &["idle", "--url", &url, "--conns", "100", "--duration", "1.5"],
         &out_path("idle"),
     );
     assert_eq!(value(&json, "connected"), 100.0);
+    assert_eq!(value(&json, "errors"), 0.0);
+}
+
+#[test]
+fn fanout_through_pubsub_300_subscribers_nothing_lost() {
+    let (_server, url) = serve("pubsub");
+    let json = load(
+        &[
+            "fanout",
+            "--mode",
+            "pubsub",
+            "--topic",
+            "load-test",
+            "--url",
+            &url,
+            "--conns",
+            "300",
+            "--size",
+            "48",
+            "--broadcasts",
+            "10",
+            "--duration",
+            "30",
+        ],
+        &out_path("pubsub"),
+    );
+    assert_eq!(
+        value(&json, "connected"),
+        300.0,
+        "every subscription confirmed"
+    );
+    assert_eq!(value(&json, "deliveries"), 3000.0);
+    assert_eq!(value(&json, "missing"), 0.0);
     assert_eq!(value(&json, "errors"), 0.0);
 }

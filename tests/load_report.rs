@@ -191,4 +191,31 @@ fn payloads_round_trip_and_corruption_is_caught() {
     payload::write_fanout(&mut f, 7, 123_456);
     assert_eq!(payload::read_fanout(&f), Some((7, 123_456)));
     assert_eq!(payload::read_fanout(&f[..15]), None);
+    let mut t = vec![0u8; 40];
+    payload::write_fanout_text(&mut t, 0x0123_4567_89ab_cdef, 42);
+    assert!(t.is_ascii(), "pubsub carries text");
+    assert_eq!(&t[..16], b"0123456789abcdef");
+    assert_eq!(
+        payload::read_fanout_text(&t),
+        Some((0x0123_4567_89ab_cdef, 42))
+    );
+    t[3] = b'z';
+    assert_eq!(payload::read_fanout_text(&t), None);
+    assert_eq!(payload::read_fanout_text(&t[..31]), None);
+}
+
+#[test]
+fn pubsub_mode_needs_room_for_its_text_header() {
+    let a = args("fanout --mode pubsub --topic news --size 32").unwrap();
+    assert_eq!(a.pubsub_topic.as_deref(), Some("news"));
+    assert_eq!(
+        args("fanout --topic t --mode pubsub")
+            .unwrap()
+            .pubsub_topic
+            .as_deref(),
+        Some("t")
+    );
+    assert_eq!(args("fanout --size 64").unwrap().pubsub_topic, None);
+    assert!(args("fanout --mode pubsub --size 31").is_err());
+    assert!(args("fanout --mode multicast").is_err());
 }

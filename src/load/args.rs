@@ -20,10 +20,13 @@ usage: ringws-load <echo|fanout|connect|idle> [options]
   --pin-cpus LIST              pin worker i to CPU LIST[i % len], e.g. 1 or 0,1
   --connect-timeout-ms T       per connection: connect + handshake                    [10000]
   --connect-window N           connects in progress per worker                        [256]
-  --retries R                  retry a connection that failed to open, R times        [3]
+  --retries R                  retry a connection that failed to open, R times        [5]
   --deadline-s T               the whole run stops by then, whatever happens          [auto]
   --grace-ms T                 fanout: wait this long for the last deliveries; a      [5000]
                                broadcast incomplete this long stops holding the next
+  --mode broadcast|pubsub      fanout: the server's mode; pubsub subscribes to        [broadcast]
+                               --topic and publishes text (size >= 32)
+  --topic T                    pubsub topic                                           [bench]
   --quiet                      no progress line";
 
 /// Connections one ring may hold (its fixed-file table), below the 20,000 fd/ring limit here.
@@ -72,6 +75,9 @@ pub struct Args {
     pub deadline_ms: Option<u64>,
     pub grace_ms: u64,
     pub quiet: bool,
+    /// Fanout through the server's pubsub mode on this topic (None: broadcast mode).
+    pub pubsub_topic: Option<String>,
+    topic: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,10 +175,12 @@ impl Args {
             pin_cpus: Vec::new(),
             connect_timeout_ms: 10_000,
             connect_window: 256,
-            retries: 3,
+            retries: 5,
             deadline_ms: None,
             grace_ms: 5_000,
             quiet: false,
+            pubsub_topic: None,
+            topic: "bench".into(),
         }
     }
 
@@ -202,6 +210,20 @@ impl Args {
             "--retries" => self.retries = num(flag, v)?,
             "--deadline-s" => self.deadline_ms = Some(num::<u64>(flag, v)? * 1000),
             "--grace-ms" => self.grace_ms = num(flag, v)?,
+            "--mode" => match v {
+                "broadcast" => self.pubsub_topic = None,
+                "pubsub" => self.pubsub_topic = Some(self.topic.clone()),
+                _ => return err(format!("--mode must be broadcast or pubsub, not {v:?}")),
+            },
+            "--topic" => {
+                if v.is_empty() || v.contains(char::is_whitespace) {
+                    return err("--topic must be non-empty, without spaces");
+                }
+                self.topic = v.to_string();
+                if self.pubsub_topic.is_some() {
+                    self.pubsub_topic = Some(v.to_string());
+                }
+            }
             _ => return err(format!("unknown option {flag:?}")),
         }
         Ok(())
@@ -213,6 +235,9 @@ impl Args {
         }
         if self.scenario == Scenario::Fanout && self.size < 16 {
             return err("fanout --size must be >= 16 (sequence number and timestamp)");
+        }
+        if self.pubsub_topic.is_some() && self.size < 32 {
+            return err("pubsub --size must be >= 32 (hex sequence number and timestamp)");
         }
         if self.size > 16 << 20 {
             return err("--size must be <= 16 MiB");

@@ -53,3 +53,34 @@ pub fn read_fanout(payload: &[u8]) -> Option<(u64, u64)> {
     let sent = u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?);
     Some((seq, sent))
 }
+
+/// Bytes at the front of a text (pubsub) fanout payload: 16 hex digits of sequence number, 16 of
+/// timestamp. The server's pubsub mode carries text messages only.
+pub const FANOUT_TEXT_HEADER_BYTES: usize = 32;
+
+/// Writes a text fanout payload: hex sequence number, hex timestamp, then lowercase filler.
+pub fn write_fanout_text(out: &mut [u8], seq: u64, sent_ns: u64) {
+    assert!(
+        out.len() >= FANOUT_TEXT_HEADER_BYTES,
+        "text fanout payload needs 32 bytes"
+    );
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (k, v) in [seq, sent_ns].into_iter().enumerate() {
+        for d in 0..16 {
+            out[k * 16 + d] = HEX[((v >> (60 - 4 * d)) & 0xf) as usize];
+        }
+    }
+    for (i, b) in out.iter_mut().enumerate().skip(FANOUT_TEXT_HEADER_BYTES) {
+        *b = b'a' + (i % 26) as u8;
+    }
+}
+
+/// (sequence number, send timestamp) of a text fanout payload, None if malformed.
+pub fn read_fanout_text(payload: &[u8]) -> Option<(u64, u64)> {
+    let hex = |b: &[u8]| -> Option<u64> {
+        b.iter().try_fold(0u64, |acc, &c| {
+            Some(acc << 4 | u64::from((c as char).to_digit(16)?))
+        })
+    };
+    Some((hex(payload.get(..16)?)?, hex(payload.get(16..32)?)?))
+}

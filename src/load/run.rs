@@ -80,6 +80,7 @@ fn plan(args: &Args, src_ips: u32) -> Plan {
         connect_window: args.connect_window,
         retries: args.retries,
         stall_ms: args.grace_ms,
+        pubsub_topic: args.pubsub_topic.clone(),
     }
 }
 

@@ -100,6 +100,9 @@ pub struct Plan {
     /// Back to back: a broadcast still incomplete after this long no longer holds the next one
     /// (a subscriber that closed mid-run must not stall the publisher).
     pub stall_ms: u64,
+    /// Fanout through pubsub: subscribers send `sub <topic>` and count as open once the server
+    /// answers `ok sub <topic>`; the publisher sends `pub <topic> <payload>` (text).
+    pub pubsub_topic: Option<String>,
 }
 
 /// Counters and the phase, shared by all workers and the main thread.
@@ -329,6 +332,8 @@ struct Conn {
     /// Bytes of the send in flight (not touched until it completes).
     inflight: Vec<u8>,
     seq: SeqTracker,
+    /// Pubsub: the server confirmed the subscription (always true otherwise).
+    subscribed: bool,
     /// Echo: counter of the message in flight and when it was sent.
     echo_counter: u64,
     echo_sent_ns: u64,
@@ -351,6 +356,9 @@ struct RecvCtx<'a> {
     seq: &'a mut SeqTracker,
     echo_counter: u64,
     echo_ok: bool,
+    topic: Option<&'a str>,
+    subscribed: &'a mut bool,
+    just_subscribed: bool,
     out: &'a mut Outcome,
 }
 
@@ -371,7 +379,14 @@ impl Sink for ConnSink<'_, '_> {
                     c.out.errors.mismatch += 1;
                 }
             }
-            (Scenario::Fanout, Kind::Peer) => match payload::read_fanout(payload) {
+            (Scenario::Fanout, Kind::Peer) if !*c.subscribed => {
+                let topic = c.topic.map(str::as_bytes);
+                if payload.strip_prefix(b"ok sub ") == topic && topic.is_some() {
+                    *c.subscribed = true;
+                    c.just_subscribed = true;
+                }
+            }
+            (Scenario::Fanout, Kind::Peer) => match read_fanout(c.topic.is_some(), payload) {
                 Some((seq, sent_ns)) if payload.len() == c.size => {
                     c.seq.observe(seq, &mut c.out.seq);
                     c.out.broadcasts.record(seq, sent_ns, c.now_ns);
@@ -400,8 +415,17 @@ impl Sink for ConnSink<'_, '_> {
     }
 }
 
+fn read_fanout(text: bool, payload: &[u8]) -> Option<(u64, u64)> {
+    if text {
+        payload::read_fanout_text(payload)
+    } else {
+        payload::read_fanout(payload)
+    }
+}
+
 /// Appends one masked binary frame holding `fill`'s payload to `out`.
 fn queue_frame(
+    kind: MessageKind,
     proto: &mut Connection,
     out: &mut Vec<u8>,
     size: usize,
@@ -413,7 +437,7 @@ fn queue_frame(
     let (head, body) = out[start..].split_at_mut(header);
     fill(body);
     let mut encoded = [0u8; frame::HEADER_BYTES_MAX];
-    let n = proto.encode_data_header(MessageKind::Binary, body, &mut encoded);
+    let n = proto.encode_data_header(kind, body, &mut encoded);
     assert_eq!(n, header, "header length of a masked frame");
     head.copy_from_slice(&encoded[..n]);
 }
@@ -570,6 +594,7 @@ impl Worker {
                 pending: Vec::new(),
                 inflight: Vec::new(),
                 seq: SeqTracker::default(),
+                subscribed: plan.pubsub_topic.is_none() || kind == Kind::Publisher,
                 echo_counter: 0,
                 echo_sent_ns: 0,
             });
@@ -736,6 +761,7 @@ impl Worker {
             c.proto = Connection::new(Role::Client, self.limits, seed);
             c.response = Vec::new();
             c.seq = SeqTracker::default();
+            c.subscribed = self.plan.pubsub_topic.is_none() || c.kind == Kind::Publisher;
         }
         c.phase = Phase::Connecting;
         c.started_ms = (now_ns / 1_000_000) as u32;
@@ -1040,9 +1066,13 @@ impl Worker {
             return;
         }
         let counter = c.echo_counter;
-        queue_frame(&mut c.proto, &mut c.pending, size, |body| {
-            payload::write_echo(body, template, counter)
-        });
+        queue_frame(
+            MessageKind::Binary,
+            &mut c.proto,
+            &mut c.pending,
+            size,
+            |body| payload::write_echo(body, template, counter),
+        );
         c.echo_sent_ns = now_ns;
         self.mark_dirty(i);
     }
@@ -1098,9 +1128,31 @@ impl Worker {
         let size = self.plan.size;
         let sent_ns = self.shared.now_ns();
         let c = &mut self.conns[i as usize];
-        queue_frame(&mut c.proto, &mut c.pending, size, |body| {
-            payload::write_fanout(body, seq, sent_ns)
-        });
+        match self.plan.pubsub_topic.as_deref() {
+            None => queue_frame(
+                MessageKind::Binary,
+                &mut c.proto,
+                &mut c.pending,
+                size,
+                |body| payload::write_fanout(body, seq, sent_ns),
+            ),
+            Some(topic) => {
+                // `pub <topic> <payload>`: subscribers receive the payload alone.
+                let prefix = 5 + topic.len();
+                queue_frame(
+                    MessageKind::Text,
+                    &mut c.proto,
+                    &mut c.pending,
+                    prefix + size,
+                    |body| {
+                        body[..4].copy_from_slice(b"pub ");
+                        body[4..prefix - 1].copy_from_slice(topic.as_bytes());
+                        body[prefix - 1] = b' ';
+                        payload::write_fanout_text(&mut body[prefix..], seq, sent_ns);
+                    },
+                )
+            }
+        }
         self.published += 1;
         self.last_publish_ns = sent_ns;
         self.shared
@@ -1284,12 +1336,30 @@ fn on_response(
         Err(_) => return DataOutcome::HandshakeFailed,
     };
     c.phase = Phase::Open;
+    if let Some(topic) = plan.pubsub_topic.as_deref().filter(|_| !c.subscribed) {
+        let size = 4 + topic.len();
+        queue_frame(
+            MessageKind::Text,
+            &mut c.proto,
+            &mut c.pending,
+            size,
+            |body| {
+                body[..4].copy_from_slice(b"sub ");
+                body[4..].copy_from_slice(topic.as_bytes());
+            },
+        );
+    }
     let mut rest = mem::take(&mut c.response);
+    let mut outcome = DataOutcome::Nothing;
     if rest.len() > header_len {
         let len = rest.len();
-        let _ = on_frames(c, &mut rest[header_len..len], plan, template, now_ns, out);
+        outcome = on_frames(c, &mut rest[header_len..len], plan, template, now_ns, out);
     }
-    DataOutcome::Opened
+    match outcome {
+        DataOutcome::Failed => DataOutcome::HandshakeFailed,
+        _ if c.subscribed => DataOutcome::Opened,
+        _ => DataOutcome::Nothing, // counts as open once the subscription is confirmed
+    }
 }
 
 fn on_frames(
@@ -1309,6 +1379,9 @@ fn on_frames(
         seq: &mut c.seq,
         echo_counter: c.echo_counter,
         echo_ok: false,
+        topic: plan.pubsub_topic.as_deref(),
+        subscribed: &mut c.subscribed,
+        just_subscribed: false,
         out,
     };
     let mut sink = ConnSink {
@@ -1319,12 +1392,16 @@ fn on_frames(
     let res = c.proto.receive(data, &mut sink);
     let closed_by_peer = sink.closed_by_peer;
     let echo_ok = ctx.echo_ok;
+    let just_subscribed = ctx.just_subscribed;
     if res.is_err() {
         ctx.out.errors.protocol += 1;
         return DataOutcome::Failed;
     }
     if closed_by_peer || c.proto.state() == State::Closed {
         return DataOutcome::Failed;
+    }
+    if just_subscribed {
+        return DataOutcome::Opened;
     }
     if echo_ok {
         DataOutcome::EchoDone

@@ -1184,16 +1184,6 @@ impl<H: Handler> Engine<H> {
     }
 }
 
-/// SEND_ZC threshold from `RINGWS_SEND_ZC_MIN_BYTES` (unset or 0: off). Off by default: on
-/// loopback it measured slower than a copying send (see the engine report); it may pay on a NIC
-/// for large payloads.
-fn zc_bytes_min() -> usize {
-    std::env::var("RINGWS_SEND_ZC_MIN_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The op for the next send of a queue (zero-copy for large batches when enabled).
 fn send_op(key: Key, fd: u32, op: SendOp, q: &mut SendQueue, zc_bytes_min: usize) -> Op {
     if zc_bytes_min > 0 && q.inflight_bytes() >= zc_bytes_min {
@@ -1269,7 +1259,7 @@ impl<H: Handler> Worker<H> {
             publisher: setup.publisher,
             send_queue_bytes_max: cfg.send_queue_bytes_max,
             policy: cfg.backpressure,
-            zc_bytes_min: zc_bytes_min(),
+            zc_bytes_min: cfg.send_zc_bytes_min,
         };
         let eng = Engine {
             limits: Limits::from_config(&cfg),
@@ -1405,6 +1395,28 @@ impl<H: Handler> Worker<H> {
     }
 }
 
+impl<H> Worker<H> {
+    /// After a panic (in a handler, or an assertion): the ring is closed and its connections
+    /// end with it, the listener is closed so that SO_REUSEPORT stops routing connections here,
+    /// and every buffer the kernel may still touch is leaked rather than freed.
+    fn abandon(self) {
+        let Worker {
+            ring, recv, eng, ..
+        } = self;
+        drop(ring);
+        std::mem::forget(recv);
+        let Engine {
+            listener,
+            slots,
+            sh,
+            ..
+        } = eng;
+        drop(listener);
+        std::mem::forget(slots);
+        std::mem::forget(sh);
+    }
+}
+
 /// Runs a worker on the calling thread until shutdown. `ready` gets `Ok` once the worker
 /// accepts (or the set-up error).
 pub(crate) fn run<H: Handler>(
@@ -1420,7 +1432,15 @@ pub(crate) fn run<H: Handler>(
         }
     };
     let _ = ready.send(Ok(()));
-    let res = worker.run();
-    worker.finish();
-    res
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+    match res {
+        Ok(res) => {
+            worker.finish();
+            res
+        }
+        Err(panic) => {
+            worker.abandon();
+            std::panic::resume_unwind(panic)
+        }
+    }
 }
