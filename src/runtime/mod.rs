@@ -7,6 +7,7 @@
 //! - `worker`: the event loop of one worker thread.
 
 pub mod buffers;
+pub mod client;
 pub mod ring;
 pub mod slots;
 pub mod sys;

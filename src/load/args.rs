@@ -1,0 +1,283 @@
+//! Command line of `ringws-load`, parsed by hand (no dependency) and validated once.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+pub const USAGE: &str = "\
+usage: ringws-load <echo|fanout|connect|idle> [options]
+  --url ws://127.0.0.1:9001/   server (loopback IPv4 only)
+  --conns C                    connections (fanout: subscribers; plus 1 publisher)   [100]
+  --size S                     payload bytes (fanout: >= 16)                          [512]
+  --duration D                 seconds of the measured phase (fanout: at most)        [5]
+  --workers W                  client rings (threads), each <= 19990 connections      [auto]
+  --out FILE.json              JSON report; the SVG chart goes next to it
+  --server-pid PID             read the server's VmRSS at each phase
+  --src-ips N                  source addresses 127.0.0.1 ..= 127.0.0.N               [auto]
+  --interval-ms T              fanout: one broadcast every T ms (default: back to back)
+  --inflight K                 fanout back to back: broadcasts in flight at most      [1]
+  --broadcasts B               fanout: stop after B broadcasts
+  --pin-cpus LIST              pin worker i to CPU LIST[i % len], e.g. 1 or 0,1
+  --connect-timeout-ms T       per connection: connect + handshake                    [10000]
+  --connect-window N           connects in progress per worker                        [256]
+  --retries R                  retry a connection that failed to open, R times        [5]
+  --deadline-s T               the whole run stops by then, whatever happens          [auto]
+  --grace-ms T                 fanout: wait this long for the last deliveries; a      [5000]
+                               broadcast incomplete this long stops holding the next
+  --mode broadcast|pubsub      fanout: the server's mode; pubsub subscribes to        [broadcast]
+                               --topic and publishes text (size >= 32)
+  --topic T                    pubsub topic                                           [bench]
+  --quiet                      no progress line";
+
+/// Connections one ring may hold (its fixed-file table), below the 20,000 fd/ring limit here.
+pub const CONNS_PER_WORKER_MAX: u32 = 19_990;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Echo,
+    Fanout,
+    Connect,
+    Idle,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Echo => "echo",
+            Scenario::Fanout => "fanout",
+            Scenario::Connect => "connect",
+            Scenario::Idle => "idle",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub scenario: Scenario,
+    pub host: String,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub path: String,
+    pub conns: u32,
+    pub size: usize,
+    pub duration_ms: u64,
+    pub workers: Option<u32>,
+    pub out: Option<PathBuf>,
+    pub server_pid: Option<u32>,
+    pub src_ips: Option<u32>,
+    pub interval_ms: Option<u64>,
+    pub inflight: u32,
+    pub broadcasts: Option<u64>,
+    pub pin_cpus: Vec<usize>,
+    pub connect_timeout_ms: u64,
+    pub connect_window: u32,
+    pub retries: u8,
+    pub deadline_ms: Option<u64>,
+    pub grace_ms: u64,
+    pub quiet: bool,
+    /// Fanout through the server's pubsub mode on this topic (None: broadcast mode).
+    pub pubsub_topic: Option<String>,
+    topic: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgError(pub String);
+
+impl fmt::Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\n{}", self.0, USAGE)
+    }
+}
+
+impl std::error::Error for ArgError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ArgError> {
+    Err(ArgError(msg.into()))
+}
+
+fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, ArgError> {
+    v.parse()
+        .map_err(|_| ArgError(format!("{flag}: not a number: {v:?}")))
+}
+
+/// `ws://HOST:PORT/PATH` → (host header, IPv4 address, port, path). Loopback only.
+pub fn parse_url(url: &str) -> Result<(String, Ipv4Addr, u16, String), ArgError> {
+    let Some(rest) = url.strip_prefix("ws://") else {
+        return err(format!("--url must start with ws://: {url:?}"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, num::<u16>("--url port", p)?),
+        None => (authority, 80),
+    };
+    let addr: Ipv4Addr = if host == "localhost" {
+        Ipv4Addr::LOCALHOST
+    } else {
+        host.parse()
+            .map_err(|_| ArgError(format!("--url host must be an IPv4 address: {host:?}")))?
+    };
+    if !addr.is_loopback() {
+        return err(format!(
+            "--url must be a loopback address (127.0.0.0/8), not {addr}"
+        ));
+    }
+    Ok((authority.to_string(), addr, port, path.to_string()))
+}
+
+impl Args {
+    pub fn parse(argv: &[String]) -> Result<Args, ArgError> {
+        let Some(first) = argv.first() else {
+            return err("missing scenario");
+        };
+        let scenario = match first.as_str() {
+            "echo" => Scenario::Echo,
+            "fanout" => Scenario::Fanout,
+            "connect" => Scenario::Connect,
+            "idle" => Scenario::Idle,
+            other => return err(format!("unknown scenario {other:?}")),
+        };
+        let mut a = Args::defaults(scenario);
+        let mut it = argv[1..].iter();
+        while let Some(flag) = it.next() {
+            if flag == "--quiet" {
+                a.quiet = true;
+                continue;
+            }
+            let Some(v) = it.next() else {
+                return err(format!("{flag} needs a value"));
+            };
+            a.set(flag, v)?;
+        }
+        a.validate()?;
+        Ok(a)
+    }
+
+    fn defaults(scenario: Scenario) -> Args {
+        Args {
+            scenario,
+            host: "127.0.0.1:9001".into(),
+            addr: Ipv4Addr::LOCALHOST,
+            port: 9001,
+            path: "/".into(),
+            conns: 100,
+            size: 512,
+            duration_ms: 5_000,
+            workers: None,
+            out: None,
+            server_pid: None,
+            src_ips: None,
+            interval_ms: None,
+            inflight: 1,
+            broadcasts: None,
+            pin_cpus: Vec::new(),
+            connect_timeout_ms: 10_000,
+            connect_window: 256,
+            retries: 5,
+            deadline_ms: None,
+            grace_ms: 5_000,
+            quiet: false,
+            pubsub_topic: None,
+            topic: "bench".into(),
+        }
+    }
+
+    fn set(&mut self, flag: &str, v: &str) -> Result<(), ArgError> {
+        match flag {
+            "--url" => {
+                (self.host, self.addr, self.port, self.path) = parse_url(v)?;
+            }
+            "--conns" => self.conns = num(flag, v)?,
+            "--size" => self.size = num(flag, v)?,
+            "--duration" => self.duration_ms = (num::<f64>(flag, v)? * 1000.0) as u64,
+            "--workers" => self.workers = Some(num(flag, v)?),
+            "--out" => self.out = Some(PathBuf::from(v)),
+            "--server-pid" => self.server_pid = Some(num(flag, v)?),
+            "--src-ips" => self.src_ips = Some(num(flag, v)?),
+            "--interval-ms" => self.interval_ms = Some(num(flag, v)?),
+            "--inflight" => self.inflight = num(flag, v)?,
+            "--broadcasts" => self.broadcasts = Some(num(flag, v)?),
+            "--pin-cpus" => {
+                self.pin_cpus = v
+                    .split(',')
+                    .map(|c| num(flag, c.trim()))
+                    .collect::<Result<_, _>>()?
+            }
+            "--connect-timeout-ms" => self.connect_timeout_ms = num(flag, v)?,
+            "--connect-window" => self.connect_window = num(flag, v)?,
+            "--retries" => self.retries = num(flag, v)?,
+            "--deadline-s" => self.deadline_ms = Some(num::<u64>(flag, v)? * 1000),
+            "--grace-ms" => self.grace_ms = num(flag, v)?,
+            "--mode" => match v {
+                "broadcast" => self.pubsub_topic = None,
+                "pubsub" => self.pubsub_topic = Some(self.topic.clone()),
+                _ => return err(format!("--mode must be broadcast or pubsub, not {v:?}")),
+            },
+            "--topic" => {
+                if v.is_empty() || v.contains(char::is_whitespace) {
+                    return err("--topic must be non-empty, without spaces");
+                }
+                self.topic = v.to_string();
+                if self.pubsub_topic.is_some() {
+                    self.pubsub_topic = Some(v.to_string());
+                }
+            }
+            _ => return err(format!("unknown option {flag:?}")),
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ArgError> {
+        if self.conns == 0 || self.conns > 4_000_000 {
+            return err("--conns must be in 1 ..= 4000000");
+        }
+        if self.scenario == Scenario::Fanout && self.size < 16 {
+            return err("fanout --size must be >= 16 (sequence number and timestamp)");
+        }
+        if self.pubsub_topic.is_some() && self.size < 32 {
+            return err("pubsub --size must be >= 32 (hex sequence number and timestamp)");
+        }
+        if self.size > 16 << 20 {
+            return err("--size must be <= 16 MiB");
+        }
+        if self.inflight == 0 || self.connect_window == 0 {
+            return err("--inflight and --connect-window must be >= 1");
+        }
+        if self.workers == Some(0) || self.src_ips == Some(0) || self.src_ips > Some(254) {
+            return err("--workers must be >= 1 and --src-ips in 1 ..= 254");
+        }
+        Ok(())
+    }
+
+    /// Connections including the fanout publisher.
+    pub fn total_conns(&self) -> u32 {
+        self.conns + u32::from(self.scenario == Scenario::Fanout)
+    }
+
+    /// Client rings: as asked, else enough that none holds more than `CONNS_PER_WORKER_MAX`.
+    pub fn worker_count(&self) -> u32 {
+        let needed = self.total_conns().div_ceil(CONNS_PER_WORKER_MAX);
+        self.workers.unwrap_or(needed.max(1)).max(needed)
+    }
+
+    /// Source addresses: as asked, else enough that each uses at most 40% of `ports_per_ip`.
+    ///
+    /// connect(2) picks ports of one parity first (half the range) and searches linearly once
+    /// they run short, so a source address past ~half its range makes each connect O(range):
+    /// 4 addresses stalled at 56k connections. At 40% the search stays short.
+    pub fn src_ip_count(&self, ports_per_ip: u32) -> u32 {
+        let usable = (ports_per_ip as u64 * 2 / 5).max(1);
+        let needed = (self.total_conns() as u64).div_ceil(usable) as u32;
+        self.src_ips.unwrap_or(needed.clamp(1, 254))
+    }
+
+    /// When the whole run is stopped, whatever happens.
+    pub fn deadline_ms(&self) -> u64 {
+        self.deadline_ms.unwrap_or_else(|| {
+            let connect_ms = self.connect_timeout_ms + self.total_conns() as u64 / 5;
+            connect_ms + self.duration_ms + self.grace_ms + 30_000
+        })
+    }
+}

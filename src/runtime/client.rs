@@ -1,0 +1,1411 @@
+//! The load generator's io_uring client worker: one thread, one ring, up to ~20k connections.
+//!
+//! Connections never use a regular descriptor: each one is a direct descriptor in the ring's
+//! sparse fixed-file table (slot = connection index). One linked chain opens it:
+//!
+//! ```text
+//! SOCKET(direct, slot i) → SETSOCKOPT(IP_BIND_ADDRESS_NO_PORT) → SETSOCKOPT(TCP_NODELAY)
+//!   → BIND(127.0.0.k:0) → CONNECT(server) → LINK_TIMEOUT(connect timeout)
+//! ```
+//!
+//! The first four are `CQE_SKIP_SUCCESS`: only a failure (or the connect) posts a completion.
+//! After the connect, the upgrade request is sent and a multishot receive is armed on a
+//! provided-buffer ring; it stays armed for the connection's life. The handshake's Accept is
+//! checked by `proto::handshake::parse_response`, then bytes go through `proto::connection` in
+//! the client role (which answers pings). Sends: at most one per connection in flight, queued
+//! bytes leave together at the end of the loop turn. One `io_uring_enter` per turn
+//! (submit and wait together), unless the submission queue fills up first.
+//!
+//! `user_data` = attempt (8 bits) << 40 | op (8 bits) << 32 | connection index (32 bits). A
+//! connection that failed to open is retried on the same slot with the next attempt number, so
+//! completions of an earlier attempt are recognised as stale.
+
+use std::io;
+use std::mem;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, Ordering};
+use std::time::Instant;
+
+use io_uring::types::{BufRingEntry, DestinationSlot, Fixed, SubmitArgs, Timespec};
+use io_uring::{IoUring, cqueue, opcode, squeue};
+
+use crate::load::args::Scenario;
+use crate::load::payload;
+use crate::load::report::Errors;
+use crate::load::seq::{SeqCounts, SeqTracker};
+use crate::load::stats::{Broadcasts, Latency};
+use crate::proto::connection::{Connection, Limits, MessageKind, Role, Sink, State};
+use crate::proto::frame;
+use crate::proto::handshake::{self, ClientParsed};
+
+/// Phases of a run, driven by the main thread through `Shared::phase`.
+pub mod phase {
+    /// Connections are being opened.
+    pub const CONNECT: u8 = 0;
+    /// The scenario runs (echo loops, the publisher publishes).
+    pub const RUN: u8 = 1;
+    /// The publisher stopped; the last deliveries are awaited.
+    pub const DRAIN: u8 = 2;
+    /// Workers return their results.
+    pub const STOP: u8 = 3;
+}
+
+/// Largest handshake response the client accepts.
+const RESPONSE_BYTES_MAX: usize = 8192;
+/// Buffer group id of the receive buffer ring.
+const BUF_GROUP: u16 = 7;
+
+// Operations carried in `user_data`.
+const OP_SOCKET: u8 = 1;
+const OP_SOCKOPT: u8 = 2;
+const OP_BIND: u8 = 3;
+const OP_CONNECT: u8 = 4;
+const OP_LINK_TIMEOUT: u8 = 5;
+const OP_SEND: u8 = 6;
+const OP_RECV: u8 = 7;
+const OP_SHUTDOWN: u8 = 8;
+const OP_CLOSE: u8 = 9;
+
+fn user_data(attempt: u8, op: u8, conn: u32) -> u64 {
+    (u64::from(attempt) << 40) | (u64::from(op) << 32) | u64::from(conn)
+}
+
+fn split_user_data(ud: u64) -> (u8, u8, u32) {
+    ((ud >> 40) as u8, (ud >> 32) as u8, ud as u32)
+}
+
+/// `1` as a socket option value; a static so its address outlives every linked SETSOCKOPT.
+static ONE: libc::c_int = 1;
+
+/// What every worker reads: the scenario and where to connect.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub scenario: Scenario,
+    pub host: String,
+    pub path: String,
+    pub server: std::net::SocketAddrV4,
+    /// Sources are 127.0.0.1 ..= 127.0.0.src_ips.
+    pub src_ips: u32,
+    pub size: usize,
+    pub subscribers: u64,
+    pub interval_ms: Option<u64>,
+    pub inflight: u32,
+    pub broadcasts: Option<u64>,
+    pub duration_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub connect_window: u32,
+    /// Times a connection that failed to open (connect error, refused handshake) is retried.
+    pub retries: u8,
+    /// Back to back: a broadcast still incomplete after this long no longer holds the next one
+    /// (a subscriber that closed mid-run must not stall the publisher).
+    pub stall_ms: u64,
+    /// Fanout through pubsub: subscribers send `sub <topic>` and count as open once the server
+    /// answers `ok sub <topic>`; the publisher sends `pub <topic> <payload>` (text).
+    pub pubsub_topic: Option<String>,
+}
+
+/// Counters and the phase, shared by all workers and the main thread.
+pub struct Shared {
+    pub epoch: Instant,
+    pub phase: AtomicU8,
+    /// Nanoseconds since `epoch` when the RUN phase began.
+    pub run_start_ns: AtomicU64,
+    pub open: AtomicU64,
+    /// Nanoseconds since `epoch` when the latest connection finished its handshake.
+    pub last_open_ns: AtomicU64,
+    /// Connections that failed to open (connect or handshake).
+    pub failed: AtomicU64,
+    /// Echo round trips, or fanout deliveries.
+    pub messages: AtomicU64,
+    pub errors: AtomicU64,
+    /// Subscribers open when the RUN phase began (what a complete broadcast reaches).
+    pub subscribers_open: AtomicU64,
+    /// Broadcasts the publisher has queued.
+    pub published: AtomicU64,
+    /// SIGINT or SIGTERM: stop now and report.
+    pub interrupted: AtomicBool,
+    /// The publisher is done (count or duration reached).
+    pub publish_done: AtomicBool,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        Shared {
+            epoch: Instant::now(),
+            phase: AtomicU8::new(phase::CONNECT),
+            run_start_ns: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+            last_open_ns: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            messages: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            subscribers_open: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            publish_done: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
+        }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared::new()
+    }
+}
+
+/// One worker's share of the connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup {
+    pub index: usize,
+    /// Echo / subscriber / idle connections of this worker.
+    pub conns: u32,
+    /// Global index of this worker's first connection (spreads the source addresses).
+    pub first_id: u64,
+    /// This worker also owns the fanout publisher (one more connection, the last slot).
+    pub publisher: bool,
+    pub cpu: Option<usize>,
+}
+
+/// What a worker hands back when it stops.
+#[derive(Clone, Default)]
+pub struct Outcome {
+    pub latency: Latency,
+    pub broadcasts: Broadcasts,
+    pub seq: SeqCounts,
+    pub errors: Errors,
+    pub messages: u64,
+    pub published: u64,
+    pub recv_enobufs: u64,
+    /// Connection attempts repeated after a failure to open.
+    pub retries: u64,
+    /// The first Close frames the server sent (code, reason), for diagnosis.
+    pub close_codes: Vec<(u16, String)>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Provided-buffer ring
+// ---------------------------------------------------------------------------------------------
+
+/// Receive buffers shared with the kernel as one buffer group.
+struct BufRing {
+    entries: NonNull<BufRingEntry>,
+    memory: NonNull<u8>,
+    buffer_bytes: u32,
+    count: u16,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(ring: &IoUring, count: u16, buffer_bytes: u32) -> io::Result<BufRing> {
+        assert!(count.is_power_of_two() && buffer_bytes > 0);
+        let entries_layout = std::alloc::Layout::from_size_align(usize::from(count) * 16, 4096)
+            .map_err(io::Error::other)?;
+        let memory_layout =
+            std::alloc::Layout::from_size_align(usize::from(count) * buffer_bytes as usize, 64)
+                .map_err(io::Error::other)?;
+        // SAFETY: both layouts have a non-zero size (count >= 1, buffer_bytes >= 1).
+        let (entries, memory) = unsafe {
+            (
+                std::alloc::alloc_zeroed(entries_layout),
+                std::alloc::alloc_zeroed(memory_layout),
+            )
+        };
+        let (Some(entries), Some(memory)) = (NonNull::new(entries), NonNull::new(memory)) else {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        };
+        let mut bufs = BufRing {
+            entries: entries.cast(),
+            memory,
+            buffer_bytes,
+            count,
+            tail: 0,
+        };
+        // SAFETY: the entry array is page aligned, `count` entries of 16 bytes, and is never freed
+        // (see Drop), so it outlives the registration.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                entries.as_ptr() as u64,
+                count,
+                BUF_GROUP,
+                0,
+            )?;
+        }
+        for bid in 0..count {
+            bufs.put(bid);
+        }
+        bufs.publish();
+        Ok(bufs)
+    }
+
+    /// Writes buffer `bid` into the next entry; the kernel sees it after `publish`.
+    fn put(&mut self, bid: u16) {
+        assert!(bid < self.count);
+        let slot = usize::from(self.tail & (self.count - 1));
+        // SAFETY: `slot < count`, inside the entry array; the kernel reads only entries before the
+        // published tail, and this one is at or past it.
+        let entry = unsafe { &mut *self.entries.as_ptr().add(slot) };
+        // SAFETY: `bid < count`, so the buffer lies inside `memory`.
+        let addr = unsafe {
+            self.memory
+                .as_ptr()
+                .add(usize::from(bid) * self.buffer_bytes as usize)
+        };
+        entry.set_addr(addr as u64);
+        entry.set_len(self.buffer_bytes);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: `entries` is the base of the registered ring; its entries are initialised.
+        let tail = unsafe { BufRingEntry::tail(self.entries.as_ptr()) };
+        // SAFETY: the tail is a naturally aligned u16 the kernel only reads; Release orders the
+        // entry writes before it.
+        unsafe { (*(tail as *const AtomicU16)).store(self.tail, Ordering::Release) };
+    }
+
+    /// The bytes the kernel wrote into buffer `bid`.
+    fn buffer(&mut self, bid: u16, len: u32) -> &mut [u8] {
+        assert!(bid < self.count && len <= self.buffer_bytes);
+        // SAFETY: in bounds (checked above). The kernel handed this buffer over in a completion
+        // and does not touch it until `put` gives it back; `&mut self` makes this the only view.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.memory
+                    .as_ptr()
+                    .add(usize::from(bid) * self.buffer_bytes as usize),
+                len as usize,
+            )
+        }
+    }
+}
+
+// The memory is deliberately never freed: a receive still armed when the worker returns may be
+// completed by the kernel while the ring is torn down asynchronously. A run's buffers are a few
+// MiB per worker and the process exits right after.
+
+// ---------------------------------------------------------------------------------------------
+// Connections
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not started yet.
+    Idle,
+    /// The socket/bind/connect chain is in flight.
+    Connecting,
+    /// Upgrade request sent, waiting for the 101.
+    Handshaking,
+    Open,
+    Closed,
+    /// Failed to open; its slot is being closed, then it connects again.
+    Retrying,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Echo, subscriber or idle connection.
+    Peer,
+    Publisher,
+}
+
+struct Conn {
+    phase: Phase,
+    /// Which attempt at opening this is (see `user_data`).
+    attempt: u8,
+    kind: Kind,
+    recv_armed: bool,
+    send_busy: bool,
+    /// Milliseconds since the epoch when the connect started (handshake timeout).
+    started_ms: u32,
+    key: [u8; handshake::KEY_LEN],
+    proto: Connection,
+    /// Response bytes until the handshake completes, then empty (no heap).
+    response: Vec<u8>,
+    /// Bytes queued for the next send.
+    pending: Vec<u8>,
+    /// Bytes of the send in flight (not touched until it completes).
+    inflight: Vec<u8>,
+    seq: SeqTracker,
+    /// Pubsub: the server confirmed the subscription (always true otherwise).
+    subscribed: bool,
+    /// Echo: counter of the message in flight and when it was sent.
+    echo_counter: u64,
+    echo_sent_ns: u64,
+}
+
+impl Conn {
+    /// Closed, or closed and waiting to connect again: no sends, no receives.
+    fn is_dead(&self) -> bool {
+        matches!(self.phase, Phase::Closed | Phase::Retrying)
+    }
+}
+
+/// What a received message is checked against, and where results go.
+struct RecvCtx<'a> {
+    scenario: Scenario,
+    kind: Kind,
+    size: usize,
+    template: &'a [u8],
+    now_ns: u64,
+    seq: &'a mut SeqTracker,
+    echo_counter: u64,
+    echo_ok: bool,
+    topic: Option<&'a str>,
+    subscribed: &'a mut bool,
+    just_subscribed: bool,
+    out: &'a mut Outcome,
+}
+
+struct ConnSink<'a, 'b> {
+    pending: &'a mut Vec<u8>,
+    ctx: &'a mut RecvCtx<'b>,
+    closed_by_peer: bool,
+}
+
+impl Sink for ConnSink<'_, '_> {
+    fn message(&mut self, _kind: MessageKind, payload: &[u8]) {
+        let c = &mut *self.ctx;
+        match (c.scenario, c.kind) {
+            (Scenario::Echo, Kind::Peer) => {
+                if payload::check_echo(payload, &c.template[..c.size], c.echo_counter) {
+                    c.echo_ok = true;
+                } else {
+                    c.out.errors.mismatch += 1;
+                }
+            }
+            (Scenario::Fanout, Kind::Peer) if !*c.subscribed => {
+                let topic = c.topic.map(str::as_bytes);
+                if payload.strip_prefix(b"ok sub ") == topic && topic.is_some() {
+                    *c.subscribed = true;
+                    c.just_subscribed = true;
+                }
+            }
+            (Scenario::Fanout, Kind::Peer) => match read_fanout(c.topic.is_some(), payload) {
+                Some((seq, sent_ns)) if payload.len() == c.size => {
+                    c.seq.observe(seq, &mut c.out.seq);
+                    c.out.broadcasts.record(seq, sent_ns, c.now_ns);
+                    c.out.latency.record_ns(c.now_ns.saturating_sub(sent_ns));
+                    c.out.messages += 1;
+                }
+                _ => c.out.errors.mismatch += 1,
+            },
+            // The publisher may get its own broadcasts back; idle connections expect nothing.
+            _ => {}
+        }
+    }
+
+    fn close(&mut self, code: u16, reason: &str) {
+        self.closed_by_peer = true;
+        if self.ctx.out.close_codes.len() < 4 {
+            self.ctx
+                .out
+                .close_codes
+                .push((code, reason.chars().take(60).collect()));
+        }
+    }
+
+    fn send_frame(&mut self, frame: &[u8]) {
+        self.pending.extend_from_slice(frame);
+    }
+}
+
+fn read_fanout(text: bool, payload: &[u8]) -> Option<(u64, u64)> {
+    if text {
+        payload::read_fanout_text(payload)
+    } else {
+        payload::read_fanout(payload)
+    }
+}
+
+/// Appends one masked binary frame holding `fill`'s payload to `out`.
+fn queue_frame(
+    kind: MessageKind,
+    proto: &mut Connection,
+    out: &mut Vec<u8>,
+    size: usize,
+    fill: impl FnOnce(&mut [u8]),
+) {
+    let header = frame::header_len(size as u64, true);
+    let start = out.len();
+    out.resize(start + header + size, 0);
+    let (head, body) = out[start..].split_at_mut(header);
+    fill(body);
+    let mut encoded = [0u8; frame::HEADER_BYTES_MAX];
+    let n = proto.encode_data_header(kind, body, &mut encoded);
+    assert_eq!(n, header, "header length of a masked frame");
+    head.copy_from_slice(&encoded[..n]);
+}
+
+/// 16-byte random values from getrandom(2), fetched 4 KiB at a time.
+struct Random {
+    pool: Vec<u8>,
+    used: usize,
+}
+
+impl Random {
+    fn new() -> Random {
+        Random {
+            pool: vec![0; 4096],
+            used: 4096,
+        }
+    }
+
+    fn next16(&mut self) -> [u8; 16] {
+        if self.used + 16 > self.pool.len() {
+            let mut filled = 0;
+            while filled < self.pool.len() {
+                let rest = &mut self.pool[filled..];
+                // SAFETY: `rest` is a valid writable buffer of `rest.len()` bytes.
+                let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+                assert!(n > 0 || io::Error::last_os_error().kind() == io::ErrorKind::Interrupted);
+                filled += n.max(0) as usize;
+            }
+            self.used = 0;
+        }
+        let out: [u8; 16] = self.pool[self.used..self.used + 16]
+            .try_into()
+            .expect("16 bytes");
+        self.used += 16;
+        out
+    }
+}
+
+fn sockaddr(ip: std::net::Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker
+// ---------------------------------------------------------------------------------------------
+
+/// Counters flushed to `Shared` once per loop turn.
+#[derive(Default)]
+struct Local {
+    open: u64,
+    failed: u64,
+    errors: u64,
+    messages_flushed: u64,
+}
+
+struct Worker {
+    ring: IoUring,
+    bufs: BufRing,
+    conns: Vec<Conn>,
+    /// Connections with bytes queued since their last send.
+    dirty: Vec<u32>,
+    next_connect: u32,
+    connecting: u32,
+    /// Connections waiting to connect again: (when, index), in order of time.
+    retry_queue: std::collections::VecDeque<(u64, u32)>,
+    /// Connections below this index are past their handshake (open or closed): not scanned.
+    scan_from: u32,
+    /// [0] = the server, [1..] = source addresses. Boxed: linked SQEs point into it.
+    addrs: Box<[libc::sockaddr_in]>,
+    connect_timeout: Box<Timespec>,
+    template: Vec<u8>,
+    limits: Limits,
+    random: Random,
+    cqes: Vec<(u64, i32, u32)>,
+    local: Local,
+    out: Outcome,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    setup: Setup,
+    seen_phase: u8,
+    /// Failures already described on stderr.
+    notes: u32,
+    published: u64,
+    last_publish_ns: u64,
+    next_publish_ns: u64,
+    last_scan_ms: u64,
+}
+
+/// Runs one client worker until the main thread sets `phase::STOP`.
+pub fn run_worker(setup: Setup, plan: Arc<Plan>, shared: Arc<Shared>) -> io::Result<Outcome> {
+    if let Some(cpu) = setup.cpu {
+        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+    }
+    let mut w = Worker::new(setup, plan, shared)?;
+    let res = w.run();
+    if res.is_err() {
+        // A dead worker must not hold the run: its connections count as failed.
+        let left = u64::from(w.conns.len() as u32 - w.next_connect) + u64::from(w.connecting);
+        w.shared.failed.fetch_add(left, Ordering::Relaxed);
+    }
+    res.map(|()| w.out)
+}
+
+fn recv_buffers(plan: &Plan, conns: u32) -> (u16, u32) {
+    let bytes = (plan.size + 64).next_power_of_two().clamp(256, 65536) as u32;
+    let want = (conns as usize).next_power_of_two().clamp(256, 16384);
+    let by_memory = ((16usize << 20) / bytes as usize)
+        .max(64)
+        .next_power_of_two()
+        / 2;
+    (want.min(by_memory.max(64)) as u16, bytes)
+}
+
+impl Worker {
+    fn new(setup: Setup, plan: Arc<Plan>, shared: Arc<Shared>) -> io::Result<Worker> {
+        let slots = setup.conns + u32::from(setup.publisher);
+        let cq = (slots * 2).next_power_of_two().clamp(4096, 65536);
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_cqsize(cq)
+            .build(4096)?;
+        ring.submitter().register_files_sparse(slots.max(1))?;
+        let (count, bytes) = recv_buffers(&plan, slots);
+        let bufs = BufRing::new(&ring, count, bytes)?;
+        let mut random = Random::new();
+        // Once: `Limits::default()` builds a whole `Config`, which asks the OS for the core count.
+        let limits = Limits::default();
+        let mut conns = Vec::with_capacity(slots as usize);
+        for i in 0..slots {
+            let seed = u64::from_le_bytes(random.next16()[..8].try_into().expect("8 bytes"));
+            let kind = if i == setup.conns {
+                Kind::Publisher
+            } else {
+                Kind::Peer
+            };
+            conns.push(Conn {
+                phase: Phase::Idle,
+                attempt: 0,
+                kind,
+                recv_armed: false,
+                send_busy: false,
+                started_ms: 0,
+                key: [0; handshake::KEY_LEN],
+                proto: Connection::new(Role::Client, limits, seed),
+                response: Vec::new(),
+                pending: Vec::new(),
+                inflight: Vec::new(),
+                seq: SeqTracker::default(),
+                subscribed: plan.pubsub_topic.is_none() || kind == Kind::Publisher,
+                echo_counter: 0,
+                echo_sent_ns: 0,
+            });
+        }
+        let mut addrs = vec![sockaddr(*plan.server.ip(), plan.server.port())];
+        for k in 1..=plan.src_ips {
+            addrs.push(sockaddr(std::net::Ipv4Addr::new(127, 0, 0, k as u8), 0));
+        }
+        let timeout_ms = plan.connect_timeout_ms;
+        let connect_timeout = Box::new(
+            Timespec::new()
+                .sec(timeout_ms / 1000)
+                .nsec((timeout_ms % 1000) as u32 * 1_000_000),
+        );
+        Ok(Worker {
+            ring,
+            bufs,
+            conns,
+            dirty: Vec::new(),
+            next_connect: 0,
+            connecting: 0,
+            scan_from: 0,
+            retry_queue: std::collections::VecDeque::new(),
+            addrs: addrs.into_boxed_slice(),
+            connect_timeout,
+            template: payload::template(plan.size),
+            limits,
+            random,
+            cqes: Vec::with_capacity(cq as usize),
+            local: Local::default(),
+            out: Outcome::default(),
+            plan,
+            shared,
+            setup,
+            seen_phase: phase::CONNECT,
+            notes: 0,
+            published: 0,
+            last_publish_ns: 0,
+            next_publish_ns: 0,
+            last_scan_ms: 0,
+        })
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        loop {
+            let phase = self.shared.phase.load(Ordering::Acquire);
+            if phase == phase::STOP {
+                break;
+            }
+            if phase != self.seen_phase {
+                self.enter_phase(phase);
+            }
+            let now_ns = self.shared.now_ns();
+            self.start_connects(now_ns)?;
+            if self.seen_phase == phase::RUN {
+                self.publish(now_ns);
+            }
+            self.scan_timeouts(now_ns);
+            self.flush_sends()?;
+            self.bufs.publish();
+            self.flush_counters();
+            self.wait(self.wait_ns(now_ns))?;
+            self.reap()?;
+        }
+        self.finish();
+        Ok(())
+    }
+
+    fn enter_phase(&mut self, phase: u8) {
+        self.seen_phase = phase;
+        if phase == phase::RUN && self.plan.scenario == Scenario::Echo {
+            let now_ns = self.shared.now_ns();
+            for i in 0..self.conns.len() as u32 {
+                if self.conns[i as usize].phase == Phase::Open {
+                    self.send_echo(i, now_ns);
+                }
+            }
+        }
+    }
+
+    /// Counts what never arrived at each subscriber.
+    fn finish(&mut self) {
+        self.flush_counters();
+        if self.plan.scenario != Scenario::Fanout {
+            return;
+        }
+        let published = self.shared.published.load(Ordering::Acquire);
+        for c in &self.conns {
+            if c.kind == Kind::Peer && c.phase == Phase::Open {
+                c.seq.finish(published, &mut self.out.seq);
+            }
+        }
+        self.out.errors.missing += self.out.seq.missing;
+        self.out.errors.out_of_order += self.out.seq.out_of_order;
+        self.out.published = self.published;
+    }
+
+    fn wait_ns(&self, now_ns: u64) -> u64 {
+        const IDLE_NS: u64 = 50_000_000;
+        if self.setup.publisher && self.seen_phase == phase::RUN {
+            return match self.plan.interval_ms {
+                Some(_) => self
+                    .next_publish_ns
+                    .saturating_sub(now_ns)
+                    .clamp(100_000, IDLE_NS),
+                None => 1_000_000,
+            };
+        }
+        IDLE_NS
+    }
+
+    // --- submission ---------------------------------------------------------------------------
+
+    fn ud(&self, op: u8, i: u32) -> u64 {
+        user_data(self.conns[i as usize].attempt, op, i)
+    }
+
+    /// Pushes linked entries as a unit, submitting first if the queue lacks room.
+    fn push(&mut self, entries: &[squeue::Entry]) -> io::Result<()> {
+        loop {
+            // SAFETY: every pointer in these entries (addresses, timespec, send buffers) points
+            // into memory owned by the worker that stays put until the completion: `addrs` and
+            // `connect_timeout` are boxed, a send's `inflight` vector is not touched until its
+            // completion, and `ONE` is static.
+            let pushed = unsafe { self.ring.submission().push_multiple(entries) };
+            if pushed.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+
+    fn start_connects(&mut self, now_ns: u64) -> io::Result<()> {
+        while let Some(&(due, i)) = self.retry_queue.front() {
+            if due > now_ns {
+                break;
+            }
+            self.retry_queue.pop_front();
+            self.start_connect(i, now_ns)?;
+        }
+        while self.connecting < self.plan.connect_window
+            && (self.next_connect as usize) < self.conns.len()
+        {
+            let i = self.next_connect;
+            self.next_connect += 1;
+            self.connecting += 1;
+            self.start_connect(i, now_ns)?;
+        }
+        Ok(())
+    }
+
+    fn start_connect(&mut self, i: u32, now_ns: u64) -> io::Result<()> {
+        let global = self.setup.first_id + u64::from(i);
+        let src = 1 + (global % u64::from(self.plan.src_ips)) as usize;
+        let fresh = self.conns[i as usize].attempt > 0;
+        let seed = if fresh {
+            u64::from_le_bytes(self.random.next16()[..8].try_into().expect("8 bytes"))
+        } else {
+            0
+        };
+        let c = &mut self.conns[i as usize];
+        if fresh {
+            // A retry: the failed attempt left the protocol state Closed.
+            c.proto = Connection::new(Role::Client, self.limits, seed);
+            c.response = Vec::new();
+            c.seq = SeqTracker::default();
+            c.subscribed = self.plan.pubsub_topic.is_none() || c.kind == Kind::Publisher;
+        }
+        c.phase = Phase::Connecting;
+        c.started_ms = (now_ns / 1_000_000) as u32;
+        let fd = Fixed(i);
+        let link = squeue::Flags::IO_LINK;
+        let quiet = link | squeue::Flags::SKIP_SUCCESS;
+        let len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let slot = DestinationSlot::try_from_slot_target(i).expect("slot index in range");
+        let int_len = mem::size_of::<libc::c_int>() as u32;
+        let one = (&ONE as *const libc::c_int).cast();
+        let chain = [
+            opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0)
+                .file_index(Some(slot))
+                .build()
+                .flags(quiet)
+                .user_data(self.ud(OP_SOCKET, i)),
+            opcode::SetSockOpt::new(
+                fd,
+                libc::SOL_IP as u32,
+                libc::IP_BIND_ADDRESS_NO_PORT as u32,
+                one,
+                int_len,
+            )
+            .build()
+            .flags(quiet)
+            .user_data(self.ud(OP_SOCKOPT, i)),
+            opcode::SetSockOpt::new(
+                fd,
+                libc::IPPROTO_TCP as u32,
+                libc::TCP_NODELAY as u32,
+                one,
+                int_len,
+            )
+            .build()
+            .flags(quiet)
+            .user_data(self.ud(OP_SOCKOPT, i)),
+            opcode::Bind::new(
+                fd,
+                (&self.addrs[src] as *const libc::sockaddr_in).cast(),
+                len,
+            )
+            .build()
+            .flags(quiet)
+            .user_data(self.ud(OP_BIND, i)),
+            opcode::Connect::new(fd, (&self.addrs[0] as *const libc::sockaddr_in).cast(), len)
+                .build()
+                .flags(link)
+                .user_data(self.ud(OP_CONNECT, i)),
+            opcode::LinkTimeout::new(&*self.connect_timeout)
+                .build()
+                .user_data(self.ud(OP_LINK_TIMEOUT, i)),
+        ];
+        self.push(&chain)
+    }
+
+    fn arm_recv(&mut self, i: u32) -> io::Result<()> {
+        self.conns[i as usize].recv_armed = true;
+        let e = opcode::RecvMulti::new(Fixed(i), BUF_GROUP)
+            .build()
+            .user_data(self.ud(OP_RECV, i));
+        self.push(&[e])
+    }
+
+    fn mark_dirty(&mut self, i: u32) {
+        self.dirty.push(i);
+    }
+
+    /// One send per connection with queued bytes and none in flight.
+    fn flush_sends(&mut self) -> io::Result<()> {
+        let dirty = mem::take(&mut self.dirty);
+        for &i in &dirty {
+            let c = &mut self.conns[i as usize];
+            if c.send_busy || c.pending.is_empty() || c.is_dead() {
+                continue;
+            }
+            debug_assert!(c.inflight.is_empty());
+            mem::swap(&mut c.pending, &mut c.inflight);
+            c.send_busy = true;
+            let (ptr, len) = (c.inflight.as_ptr(), c.inflight.len() as u32);
+            let e = opcode::Send::new(Fixed(i), ptr, len)
+                .build()
+                .user_data(self.ud(OP_SEND, i));
+            self.push(&[e])?;
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty; // keep the capacity
+        }
+        Ok(())
+    }
+
+    fn wait(&mut self, timeout_ns: u64) -> io::Result<()> {
+        let ts = Timespec::new()
+            .sec(timeout_ns / 1_000_000_000)
+            .nsec((timeout_ns % 1_000_000_000) as u32);
+        let args = SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    // --- completions --------------------------------------------------------------------------
+
+    fn reap(&mut self) -> io::Result<()> {
+        let mut cqes = mem::take(&mut self.cqes);
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for &(ud, res, flags) in &cqes {
+            let (attempt, op, i) = split_user_data(ud);
+            if attempt == self.conns[i as usize].attempt {
+                self.complete(op, i, res, flags)?;
+            } else {
+                self.stale(op, i, flags);
+            }
+        }
+        cqes.clear();
+        self.cqes = cqes;
+        Ok(())
+    }
+
+    /// A completion of an earlier attempt: release what it held, nothing else.
+    fn stale(&mut self, op: u8, i: u32, flags: u32) {
+        if op == OP_RECV {
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                self.bufs.put(bid);
+            }
+        } else if op == OP_SEND {
+            let c = &mut self.conns[i as usize];
+            c.send_busy = false;
+            c.inflight.clear();
+            if !c.pending.is_empty() {
+                self.mark_dirty(i);
+            }
+        }
+    }
+
+    fn complete(&mut self, op: u8, i: u32, res: i32, flags: u32) -> io::Result<()> {
+        match op {
+            // Only failures post a completion (CQE_SKIP_SUCCESS); ECANCELED follows an earlier one.
+            OP_SOCKET | OP_SOCKOPT | OP_BIND => {
+                if res < 0 && self.conns[i as usize].phase == Phase::Connecting {
+                    self.fail_open(i, op == OP_SOCKET)?;
+                }
+            }
+            OP_CONNECT => self.on_connect(i, res)?,
+            OP_LINK_TIMEOUT => {} // the connect's own completion tells what happened
+            OP_SEND => self.on_send(i, res)?,
+            OP_RECV => self.on_recv(i, res, flags)?,
+            OP_CLOSE if self.conns[i as usize].phase == Phase::Retrying => {
+                // Back off 100 ms, 200 ms, 400 ms … so a refusing server is not hammered.
+                let c = &mut self.conns[i as usize];
+                c.attempt += 1;
+                let due = self.shared.now_ns() + (100_000_000 << (c.attempt - 1).min(6));
+                self.retry_queue.push_back((due, i));
+            }
+            OP_SHUTDOWN | OP_CLOSE => {}
+            _ => unreachable!("unknown op {op} in user_data"),
+        }
+        Ok(())
+    }
+
+    fn on_connect(&mut self, i: u32, res: i32) -> io::Result<()> {
+        if self.conns[i as usize].phase != Phase::Connecting {
+            return Ok(()); // already failed by an earlier link of the chain
+        }
+        if res < 0 {
+            return self.fail_open(i, false);
+        }
+        let key = handshake::client_key(self.random.next16());
+        let c = &mut self.conns[i as usize];
+        c.phase = Phase::Handshaking;
+        c.key = key;
+        handshake::write_client_request(
+            &mut c.pending,
+            &self.plan.host,
+            &self.plan.path,
+            &key,
+            None,
+        );
+        self.mark_dirty(i);
+        self.arm_recv(i)
+    }
+
+    fn on_send(&mut self, i: u32, res: i32) -> io::Result<()> {
+        let c = &mut self.conns[i as usize];
+        if res < 0 || c.phase == Phase::Closed {
+            c.send_busy = false;
+            c.inflight.clear();
+            return if c.phase == Phase::Closed {
+                Ok(())
+            } else {
+                self.note(i, "send", res);
+                self.fail(i)
+            };
+        }
+        let n = res as usize;
+        if n < c.inflight.len() {
+            c.inflight.drain(..n);
+            let (ptr, len) = (c.inflight.as_ptr(), c.inflight.len() as u32);
+            let e = opcode::Send::new(Fixed(i), ptr, len)
+                .build()
+                .user_data(self.ud(OP_SEND, i));
+            return self.push(&[e]);
+        }
+        c.inflight.clear();
+        c.send_busy = false;
+        if c.kind == Kind::Peer && self.plan.scenario != Scenario::Echo {
+            c.inflight = Vec::new(); // idle subscribers hold no send memory
+        }
+        if !c.pending.is_empty() {
+            self.mark_dirty(i);
+        }
+        Ok(())
+    }
+
+    fn on_recv(&mut self, i: u32, res: i32, flags: u32) -> io::Result<()> {
+        let more = cqueue::more(flags);
+        if !more {
+            self.conns[i as usize].recv_armed = false;
+        }
+        if res > 0 {
+            let bid = cqueue::buffer_select(flags).expect("a receive with data names its buffer");
+            let now_ns = self.shared.now_ns();
+            let data = self.bufs.buffer(bid, res as u32);
+            let outcome = on_data(
+                &mut self.conns[i as usize],
+                data,
+                &self.plan,
+                &self.template,
+                now_ns,
+                &mut self.out,
+            );
+            self.bufs.put(bid);
+            self.after_data(i, outcome, now_ns)?;
+        } else if res == -libc::ENOBUFS {
+            self.out.recv_enobufs += 1;
+        } else if !self.conns[i as usize].is_dead() {
+            // 0: the server ended TCP; < 0: reset or another error.
+            self.note(i, "recv", res);
+            return self.fail(i);
+        }
+        let c = &self.conns[i as usize];
+        if !c.recv_armed && !c.is_dead() {
+            self.arm_recv(i)?;
+        }
+        Ok(())
+    }
+
+    fn after_data(&mut self, i: u32, outcome: DataOutcome, now_ns: u64) -> io::Result<()> {
+        match outcome {
+            DataOutcome::Nothing => {}
+            DataOutcome::Opened => {
+                self.connecting -= 1;
+                self.local.open += 1;
+                if self.seen_phase == phase::RUN && self.plan.scenario == Scenario::Echo {
+                    self.send_echo(i, now_ns);
+                }
+            }
+            DataOutcome::EchoDone => {
+                let c = &mut self.conns[i as usize];
+                self.out
+                    .latency
+                    .record_ns(now_ns.saturating_sub(c.echo_sent_ns));
+                self.out.messages += 1;
+                c.echo_counter += 1;
+                if self.seen_phase == phase::RUN {
+                    self.send_echo(i, now_ns);
+                }
+            }
+            DataOutcome::HandshakeFailed => return self.fail_open(i, false),
+            DataOutcome::Failed => {
+                self.note(i, "protocol or close frame", 0);
+                return self.fail(i);
+            }
+        }
+        if !self.conns[i as usize].pending.is_empty() {
+            self.mark_dirty(i);
+        }
+        Ok(())
+    }
+
+    // --- scenario -----------------------------------------------------------------------------
+
+    fn send_echo(&mut self, i: u32, now_ns: u64) {
+        let size = self.plan.size;
+        let template = &self.template;
+        let c = &mut self.conns[i as usize];
+        if !c.proto.can_send_data() {
+            return;
+        }
+        let counter = c.echo_counter;
+        queue_frame(
+            MessageKind::Binary,
+            &mut c.proto,
+            &mut c.pending,
+            size,
+            |body| payload::write_echo(body, template, counter),
+        );
+        c.echo_sent_ns = now_ns;
+        self.mark_dirty(i);
+    }
+
+    fn publish(&mut self, now_ns: u64) {
+        if !self.setup.publisher || self.shared.publish_done.load(Ordering::Relaxed) {
+            return;
+        }
+        let run_start = self.shared.run_start_ns.load(Ordering::Acquire);
+        let limit_reached = self.plan.broadcasts.is_some_and(|b| self.published >= b);
+        if limit_reached || now_ns.saturating_sub(run_start) >= self.plan.duration_ms * 1_000_000 {
+            self.shared
+                .published
+                .store(self.published, Ordering::Release);
+            self.shared.publish_done.store(true, Ordering::Release);
+            return;
+        }
+        let i = self.setup.conns;
+        if self.conns[i as usize].phase != Phase::Open {
+            return;
+        }
+        let due = match self.plan.interval_ms {
+            Some(ms) => {
+                if self.next_publish_ns == 0 {
+                    self.next_publish_ns = now_ns;
+                }
+                let due = now_ns >= self.next_publish_ns;
+                if due {
+                    self.next_publish_ns += ms * 1_000_000;
+                }
+                due
+            }
+            None => {
+                // Subscribers still open (some may close mid-run): what a complete broadcast
+                // reaches. A broadcast incomplete for `stall_ms` stops holding the next one.
+                let open = self.shared.open.load(Ordering::Acquire).saturating_sub(1);
+                let subscribers = open
+                    .min(self.shared.subscribers_open.load(Ordering::Acquire))
+                    .max(1);
+                let complete = self.shared.messages.load(Ordering::Acquire) / subscribers;
+                let stalled =
+                    now_ns.saturating_sub(self.last_publish_ns) > self.plan.stall_ms * 1_000_000;
+                self.published.saturating_sub(complete) < u64::from(self.plan.inflight) || stalled
+            }
+        };
+        if due {
+            self.publish_one(i);
+        }
+    }
+
+    fn publish_one(&mut self, i: u32) {
+        let seq = self.published;
+        let size = self.plan.size;
+        let sent_ns = self.shared.now_ns();
+        let c = &mut self.conns[i as usize];
+        match self.plan.pubsub_topic.as_deref() {
+            None => queue_frame(
+                MessageKind::Binary,
+                &mut c.proto,
+                &mut c.pending,
+                size,
+                |body| payload::write_fanout(body, seq, sent_ns),
+            ),
+            Some(topic) => {
+                // `pub <topic> <payload>`: subscribers receive the payload alone.
+                let prefix = 5 + topic.len();
+                queue_frame(
+                    MessageKind::Text,
+                    &mut c.proto,
+                    &mut c.pending,
+                    prefix + size,
+                    |body| {
+                        body[..4].copy_from_slice(b"pub ");
+                        body[4..prefix - 1].copy_from_slice(topic.as_bytes());
+                        body[prefix - 1] = b' ';
+                        payload::write_fanout_text(&mut body[prefix..], seq, sent_ns);
+                    },
+                )
+            }
+        }
+        self.published += 1;
+        self.last_publish_ns = sent_ns;
+        self.shared
+            .published
+            .store(self.published, Ordering::Release);
+        self.mark_dirty(i);
+    }
+
+    // --- failures and timeouts ----------------------------------------------------------------
+
+    /// The connection could not be opened (connect or handshake).
+    fn fail_open(&mut self, i: u32, socket_failed: bool) -> io::Result<()> {
+        let c = &self.conns[i as usize];
+        if c.attempt < self.plan.retries && self.seen_phase == phase::CONNECT {
+            self.out.retries += 1;
+            if socket_failed {
+                let c = &mut self.conns[i as usize];
+                c.attempt += 1;
+                c.phase = Phase::Retrying;
+                let due = self.shared.now_ns() + (100_000_000 << (c.attempt - 1).min(6));
+                self.retry_queue.push_back((due, i));
+                return Ok(());
+            }
+            self.close(i, true)?;
+            self.conns[i as usize].phase = Phase::Retrying;
+            return Ok(());
+        }
+        if c.phase == Phase::Handshaking {
+            self.out.errors.handshake += 1;
+        } else {
+            self.out.errors.connect += 1;
+        }
+        self.connecting -= 1;
+        self.local.failed += 1;
+        self.close(i, !socket_failed)
+    }
+
+    /// Says why the first few connections of this worker failed (stderr), for diagnosis.
+    fn note(&mut self, i: u32, what: &str, res: i32) {
+        if self.notes < 3 && self.conns[i as usize].phase == Phase::Open {
+            self.notes += 1;
+            let err = io::Error::from_raw_os_error(-res);
+            let why = if res < 0 {
+                err.to_string()
+            } else {
+                format!("result {res}")
+            };
+            eprintln!(
+                "ringws-load: worker {} connection {i}: {what}: {why}",
+                self.setup.index
+            );
+        }
+    }
+
+    /// An open connection ended or failed.
+    fn fail(&mut self, i: u32) -> io::Result<()> {
+        match self.conns[i as usize].phase {
+            Phase::Connecting | Phase::Handshaking => return self.fail_open(i, false),
+            Phase::Closed | Phase::Retrying | Phase::Idle => return Ok(()),
+            Phase::Open => {}
+        }
+        self.out.errors.closed += 1;
+        self.local.open = self.local.open.wrapping_sub(1);
+        self.close(i, true)
+    }
+
+    /// Marks the connection closed and releases its descriptor (shutdown ends the receive).
+    fn close(&mut self, i: u32, has_socket: bool) -> io::Result<()> {
+        let c = &mut self.conns[i as usize];
+        c.phase = Phase::Closed;
+        c.proto.transport_closed();
+        c.response = Vec::new();
+        c.pending = Vec::new();
+        if !has_socket {
+            return Ok(());
+        }
+        let chain = [
+            opcode::Shutdown::new(Fixed(i), libc::SHUT_RDWR)
+                .build()
+                .flags(squeue::Flags::IO_LINK)
+                .user_data(self.ud(OP_SHUTDOWN, i)),
+            opcode::Close::new(Fixed(i))
+                .build()
+                .user_data(self.ud(OP_CLOSE, i)),
+        ];
+        self.push(&chain)
+    }
+
+    /// Handshakes past the connect timeout fail (the connect itself has a linked timeout).
+    fn scan_timeouts(&mut self, now_ns: u64) {
+        let now_ms = now_ns / 1_000_000;
+        if self.connecting == 0 || now_ms < self.last_scan_ms + 250 {
+            return;
+        }
+        self.last_scan_ms = now_ms;
+        let limit = self.plan.connect_timeout_ms;
+        while self.scan_from < self.next_connect
+            && matches!(
+                self.conns[self.scan_from as usize].phase,
+                Phase::Open | Phase::Closed
+            )
+        {
+            self.scan_from += 1;
+        }
+        for i in self.scan_from..self.next_connect {
+            let c = &self.conns[i as usize];
+            if c.phase == Phase::Handshaking
+                && now_ms.saturating_sub(u64::from(c.started_ms)) > limit
+            {
+                // Errors here are a full queue that could not be flushed: reported by the loop.
+                let _ = self.fail_open(i, false);
+            }
+        }
+    }
+
+    fn flush_counters(&mut self) {
+        let s = &self.shared;
+        let l = &mut self.local;
+        if l.open != 0 {
+            if l.open < u64::MAX / 2 {
+                s.last_open_ns.fetch_max(s.now_ns(), Ordering::Relaxed);
+            }
+            s.open.fetch_add(l.open, Ordering::Relaxed);
+            l.open = 0;
+        }
+        if l.failed != 0 {
+            s.failed.fetch_add(l.failed, Ordering::Relaxed);
+            l.failed = 0;
+        }
+        let errors = self.out.errors.total();
+        if errors != l.errors {
+            s.errors.fetch_add(errors - l.errors, Ordering::Relaxed);
+            l.errors = errors;
+        }
+        let m = self.out.messages;
+        if m != l.messages_flushed {
+            s.messages
+                .fetch_add(m - l.messages_flushed, Ordering::Release);
+            l.messages_flushed = m;
+        }
+    }
+}
+
+/// What one receive meant for its connection.
+enum DataOutcome {
+    Nothing,
+    Opened,
+    EchoDone,
+    HandshakeFailed,
+    Failed,
+}
+
+/// Feeds received bytes to the handshake or the protocol core.
+fn on_data(
+    c: &mut Conn,
+    data: &mut [u8],
+    plan: &Plan,
+    template: &[u8],
+    now_ns: u64,
+    out: &mut Outcome,
+) -> DataOutcome {
+    match c.phase {
+        Phase::Handshaking => on_response(c, data, plan, template, now_ns, out),
+        Phase::Open => on_frames(c, data, plan, template, now_ns, out),
+        _ => DataOutcome::Nothing,
+    }
+}
+
+fn on_response(
+    c: &mut Conn,
+    data: &mut [u8],
+    plan: &Plan,
+    template: &[u8],
+    now_ns: u64,
+    out: &mut Outcome,
+) -> DataOutcome {
+    c.response.extend_from_slice(data);
+    let header_len = match handshake::parse_response(&c.response, &c.key, RESPONSE_BYTES_MAX) {
+        Ok(ClientParsed::Incomplete) => return DataOutcome::Nothing,
+        Ok(ClientParsed::Accepted { header_len, .. }) => header_len,
+        Err(_) => return DataOutcome::HandshakeFailed,
+    };
+    c.phase = Phase::Open;
+    if let Some(topic) = plan.pubsub_topic.as_deref().filter(|_| !c.subscribed) {
+        let size = 4 + topic.len();
+        queue_frame(
+            MessageKind::Text,
+            &mut c.proto,
+            &mut c.pending,
+            size,
+            |body| {
+                body[..4].copy_from_slice(b"sub ");
+                body[4..].copy_from_slice(topic.as_bytes());
+            },
+        );
+    }
+    let mut rest = mem::take(&mut c.response);
+    let mut outcome = DataOutcome::Nothing;
+    if rest.len() > header_len {
+        let len = rest.len();
+        outcome = on_frames(c, &mut rest[header_len..len], plan, template, now_ns, out);
+    }
+    match outcome {
+        DataOutcome::Failed => DataOutcome::HandshakeFailed,
+        _ if c.subscribed => DataOutcome::Opened,
+        _ => DataOutcome::Nothing, // counts as open once the subscription is confirmed
+    }
+}
+
+fn on_frames(
+    c: &mut Conn,
+    data: &mut [u8],
+    plan: &Plan,
+    template: &[u8],
+    now_ns: u64,
+    out: &mut Outcome,
+) -> DataOutcome {
+    let mut ctx = RecvCtx {
+        scenario: plan.scenario,
+        kind: c.kind,
+        size: plan.size,
+        template,
+        now_ns,
+        seq: &mut c.seq,
+        echo_counter: c.echo_counter,
+        echo_ok: false,
+        topic: plan.pubsub_topic.as_deref(),
+        subscribed: &mut c.subscribed,
+        just_subscribed: false,
+        out,
+    };
+    let mut sink = ConnSink {
+        pending: &mut c.pending,
+        ctx: &mut ctx,
+        closed_by_peer: false,
+    };
+    let res = c.proto.receive(data, &mut sink);
+    let closed_by_peer = sink.closed_by_peer;
+    let echo_ok = ctx.echo_ok;
+    let just_subscribed = ctx.just_subscribed;
+    if res.is_err() {
+        ctx.out.errors.protocol += 1;
+        return DataOutcome::Failed;
+    }
+    if closed_by_peer || c.proto.state() == State::Closed {
+        return DataOutcome::Failed;
+    }
+    if just_subscribed {
+        return DataOutcome::Opened;
+    }
+    if echo_ok {
+        DataOutcome::EchoDone
+    } else {
+        DataOutcome::Nothing
+    }
+}
