@@ -37,6 +37,8 @@ use crate::timer::TimerWheel;
 /// Fixed-file slots beyond the connection limit, so that a connection past the limit can still
 /// be accepted and answered 503 instead of being left in the backlog.
 pub const SPARE_FIXED_FILES: u32 = 64;
+/// Shared frames up to this size are copied into each connection's queue rather than referenced.
+const SHARED_COPY_BYTES_MAX: usize = 256;
 /// Buffer group id of the receive pool.
 const RECV_GROUP: u16 = 0;
 /// Timer wheel resolution.
@@ -174,11 +176,18 @@ impl Ctx<'_> {
             .push_back(Deferred::Backpressure(self.key, queued, what));
     }
 
-    fn push_shared(&mut self, frame: Bytes) -> bool {
+    /// A frame encoded once for many connections. A small one is copied into this connection's
+    /// queue (no atomic reference count per delivery, and a turn's frames merge into one run of
+    /// registered bytes); a large one is queued by reference.
+    fn push_shared(&mut self, frame: &Bytes) -> bool {
         if !self.admit(frame.len()) {
             return false;
         }
-        self.queue().push_shared(frame);
+        if frame.len() <= SHARED_COPY_BYTES_MAX {
+            self.queue().push_own(&[frame]);
+        } else {
+            self.queue().push_shared(frame.clone());
+        }
         true
     }
 }
@@ -1023,7 +1032,7 @@ impl<H: Handler> Engine<H> {
     }
 
     /// A shared frame for one connection (fanout, or a Publisher send).
-    fn deliver(&mut self, key: Key, frame: Bytes) {
+    fn deliver(&mut self, key: Key, frame: &Bytes) {
         if let Some((mut ctx, _, _)) = self.ctx(key, true) {
             ctx.push_shared(frame);
         }
@@ -1042,7 +1051,7 @@ impl<H: Handler> Engine<H> {
                 keys.clear();
                 keys.extend_from_slice(subs);
                 for &k in &keys {
-                    self.deliver(k, frame.clone());
+                    self.deliver(k, &frame);
                 }
                 self.keys = keys;
             }
@@ -1050,7 +1059,7 @@ impl<H: Handler> Engine<H> {
                 let mut keys = std::mem::take(&mut self.keys);
                 self.slots.keys(&mut keys);
                 for &k in &keys {
-                    self.deliver(k, frame.clone());
+                    self.deliver(k, &frame);
                 }
                 self.keys = keys;
             }
@@ -1084,7 +1093,7 @@ impl<H: Handler> Engine<H> {
                             index: id.index(),
                             generation: id.generation(),
                         },
-                        frame,
+                        &frame,
                     );
                 }
             }
