@@ -257,6 +257,7 @@ impl Batch {
             return self.push_fixed(c, parts, n);
         }
         let start = self.own.len();
+        self.own.reserve(n);
         for p in parts {
             self.own.extend_from_slice(p);
         }

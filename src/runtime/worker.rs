@@ -1212,7 +1212,9 @@ fn send_arena(ring: &Ring, cfg: &Config) -> Option<SendArena> {
     if cfg.send_buffers_per_worker == 0 {
         return None;
     }
-    SendArena::new(ring, cfg.send_buffers_per_worker, cfg.send_buffer_bytes)
+    // Room for a frame header on top, so that a payload of send_buffer_bytes still fits.
+    let chunk_bytes = cfg.send_buffer_bytes + frame::HEADER_BYTES_MAX as u32;
+    SendArena::new(ring, cfg.send_buffers_per_worker, chunk_bytes)
         .map_err(|e| eprintln!("ringws: registered send buffers unavailable ({e}); using sendmsg"))
         .ok()
 }
