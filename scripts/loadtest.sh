@@ -140,6 +140,11 @@ start_server() { # mode conns -> sets SERVER_PID, URL
     # shellcheck disable=SC2206 # SERVER_ARGS is a list of extra flags on purpose
     extra+=(${SERVER_ARGS:-})
     read -r scpu _ < <(cpu_list)
+    if [[ $workers -gt $CORES && -z ${SERVER_CPUS:-} ]]; then
+        # More rings than cores (the fixed-file cap forces it): let the scheduler spread them;
+        # one pinned core starves them whenever anything else runs there.
+        scpu=0-$((CORES - 1))
+    fi
     check_limits "$conns" "$workers"
     : >"$log"
     say "server: ringws serve --mode $mode --workers $workers (CPUs $scpu)"
@@ -173,6 +178,7 @@ run_scenario() { # scenario
     esac
     start_server "$mode" "$conns"
     read -r _ lcpu < <(cpu_list)
+    [[ $conns -le $(( CORES * 19990 )) || -n ${LOAD_CPUS:-} ]] || lcpu=$(seq -s, 0 $((CORES - 1)))
     local out="$OUT/$sc-$conns.json"
     args=("$sc" --url "$URL" --conns "$conns" --size "$size" --duration "$DURATION"
           --out "$out" --server-pid "$SERVER_PID" --pin-cpus "$lcpu")

@@ -1230,9 +1230,11 @@ impl Worker {
             return Ok(());
         }
         let chain = [
+            // A hard link: the close runs even when the shutdown fails (ENOTCONN after a failed
+            // connect), so the slot is always released and a retry always starts.
             opcode::Shutdown::new(Fixed(i), libc::SHUT_RDWR)
                 .build()
-                .flags(squeue::Flags::IO_LINK)
+                .flags(squeue::Flags::IO_HARDLINK)
                 .user_data(self.ud(OP_SHUTDOWN, i)),
             opcode::Close::new(Fixed(i))
                 .build()
