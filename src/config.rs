@@ -5,6 +5,13 @@
 
 use std::fmt;
 
+/// Default of [`Config::frame_bytes_max`].
+pub const FRAME_BYTES_MAX_DEFAULT: u64 = 16 * 1024 * 1024;
+/// Default of [`Config::message_bytes_max`].
+pub const MESSAGE_BYTES_MAX_DEFAULT: u64 = 16 * 1024 * 1024;
+/// Default of [`Config::message_fragments_max`].
+pub const MESSAGE_FRAGMENTS_MAX_DEFAULT: u32 = 1 << 20;
+
 /// What to do when a connection's send queue is over `send_queue_bytes_max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackpressurePolicy {
@@ -80,9 +87,9 @@ impl Default for Config {
             ping_interval_ms: 30_000,
             pong_timeout_ms: 10_000,
             close_timeout_ms: 5_000,
-            frame_bytes_max: 16 * 1024 * 1024,
-            message_bytes_max: 16 * 1024 * 1024,
-            message_fragments_max: 1 << 20,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            message_bytes_max: MESSAGE_BYTES_MAX_DEFAULT,
+            message_fragments_max: MESSAGE_FRAGMENTS_MAX_DEFAULT,
             send_queue_bytes_max: 32 * 1024 * 1024,
             backpressure: BackpressurePolicy::Close,
             recv_buffer_bytes: 16 * 1024,
@@ -201,6 +208,12 @@ mod tests {
     #[test]
     fn default_is_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn protocol_limits_default_to_the_config_defaults() {
+        use crate::proto::connection::Limits;
+        assert_eq!(Limits::default(), Limits::from_config(&Config::default()));
     }
 
     #[test]

@@ -518,3 +518,56 @@ proptest! {
         }
     }
 }
+
+/// A sink that lends reassembly buffers from a pool, as the runtime does.
+#[derive(Default)]
+struct Pooled {
+    rec: Rec,
+    pool: Vec<Vec<u8>>,
+    lent: usize,
+}
+
+impl Sink for Pooled {
+    fn message(&mut self, kind: MessageKind, payload: &[u8]) {
+        self.rec.message(kind, payload);
+    }
+    fn send_frame(&mut self, f: &[u8]) {
+        self.rec.send_frame(f);
+    }
+    fn take_buffer(&mut self) -> Vec<u8> {
+        self.lent += 1;
+        self.pool.pop().unwrap_or_default()
+    }
+    fn give_buffer(&mut self, buf: Vec<u8>) {
+        assert!(buf.is_empty(), "a returned buffer is cleared");
+        self.pool.push(buf);
+    }
+}
+
+#[test]
+fn gathered_messages_reuse_the_sinks_buffer() {
+    let mut c = server();
+    let mut sink = Pooled::default();
+    let mut ptrs = Vec::new();
+    for round in 0..3u8 {
+        let mut s = cf(false, OpCode::Binary, &[round; 3000]);
+        s.extend(cf(true, OpCode::Continuation, &[round; 3000]));
+        c.receive(&mut s, &mut sink).unwrap();
+        assert_eq!(c.heap_bytes(), 0, "the buffer went back to the sink");
+        ptrs.push(sink.pool[0].as_ptr());
+    }
+    assert_eq!(sink.lent, 3);
+    assert_eq!(sink.pool.len(), 1);
+    assert!(
+        ptrs.windows(2).all(|w| w[0] == w[1]),
+        "the same allocation served every message"
+    );
+    let msgs: Vec<_> = sink
+        .rec
+        .0
+        .iter()
+        .filter(|e| matches!(e, Ev::Msg(..)))
+        .collect();
+    assert_eq!(msgs.len(), 3);
+    assert_eq!(msgs[2], &Ev::Msg(MessageKind::Binary, vec![2; 6000]));
+}

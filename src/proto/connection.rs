@@ -47,8 +47,14 @@ impl Limits {
 }
 
 impl Default for Limits {
+    /// The defaults of [`Config`], without building one (`Config::default` asks the OS for the
+    /// core count, which is far too slow to do per connection).
     fn default() -> Self {
-        Limits::from_config(&Config::default())
+        Limits {
+            frame_bytes_max: crate::config::FRAME_BYTES_MAX_DEFAULT,
+            message_bytes_max: crate::config::MESSAGE_BYTES_MAX_DEFAULT,
+            message_fragments_max: crate::config::MESSAGE_FRAGMENTS_MAX_DEFAULT,
+        }
     }
 }
 
@@ -84,6 +90,13 @@ pub trait Sink {
     fn close(&mut self, _code: u16, _reason: &str) {}
     /// A whole encoded frame that the protocol must send (Pong, Close, Ping).
     fn send_frame(&mut self, frame: &[u8]);
+    /// An empty buffer to gather a fragmented or straddling message in. A runtime may lend one
+    /// from a pool so that such messages allocate nothing in steady state.
+    fn take_buffer(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// The buffer from [`Sink::take_buffer`] once its message was delivered (cleared).
+    fn give_buffer(&mut self, _buf: Vec<u8>) {}
 }
 
 /// The frame whose payload is being received.
@@ -337,6 +350,8 @@ impl Connection {
         }
         if !m.gathering {
             m.gathering = true;
+            self.reassembly = sink.take_buffer();
+            self.reassembly.clear();
             self.reassembly.reserve(m.bytes.min(64 * 1024) as usize);
         }
         self.reassembly.extend_from_slice(chunk);
@@ -347,7 +362,9 @@ impl Connection {
             }
             self.message = None;
             sink.message(m.kind, &self.reassembly);
-            self.reassembly = Vec::new();
+            let mut buf = std::mem::take(&mut self.reassembly);
+            buf.clear();
+            sink.give_buffer(buf);
         }
         Ok(())
     }

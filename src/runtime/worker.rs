@@ -37,6 +37,9 @@ use crate::timer::TimerWheel;
 /// Fixed-file slots beyond the connection limit, so that a connection past the limit can still
 /// be accepted and answered 503 instead of being left in the backlog.
 pub const SPARE_FIXED_FILES: u32 = 64;
+/// Reassembly buffers kept for reuse per worker, and the largest capacity kept.
+const GATHER_POOL_KEPT_MAX: usize = 64;
+const GATHER_KEPT_BYTES_MAX: usize = 1 << 20;
 /// Shared frames up to this size are copied into each connection's queue rather than referenced.
 const SHARED_COPY_BYTES_MAX: usize = 256;
 /// Buffer group id of the receive pool.
@@ -81,6 +84,8 @@ struct Shared {
     policy: BackpressurePolicy,
     /// Batches of at least this many bytes go out with SEND_ZC (0: never).
     zc_bytes_min: usize,
+    /// Reassembly buffers lent to connections while they gather a message (bounded).
+    gather_pool: Vec<Vec<u8>>,
 }
 
 impl Shared {
@@ -308,6 +313,17 @@ impl<H: Handler> Sink for RecvSink<'_, H> {
 
     fn send_frame(&mut self, frame: &[u8]) {
         self.ctx.push_frame(frame);
+    }
+
+    fn take_buffer(&mut self) -> Vec<u8> {
+        self.ctx.sh.gather_pool.pop().unwrap_or_default()
+    }
+
+    fn give_buffer(&mut self, buf: Vec<u8>) {
+        let pool = &mut self.ctx.sh.gather_pool;
+        if pool.len() < GATHER_POOL_KEPT_MAX && buf.capacity() <= GATHER_KEPT_BYTES_MAX {
+            pool.push(buf);
+        }
     }
 }
 
@@ -1271,6 +1287,7 @@ impl<H: Handler> Worker<H> {
             send_queue_bytes_max: cfg.send_queue_bytes_max,
             policy: cfg.backpressure,
             zc_bytes_min: cfg.send_zc_bytes_min,
+            gather_pool: Vec::new(),
         };
         let eng = Engine {
             limits: Limits::from_config(&cfg),
