@@ -11,7 +11,9 @@ use common::{Client, Event};
 fn children(pid: u32) -> Vec<u32> {
     let path = format!("/proc/{pid}/task/{pid}/children");
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.split_whitespace().filter_map(|s| s.parse().ok()).collect()
+    text.split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
 }
 
 #[test]
@@ -31,8 +33,15 @@ fn server_makes_no_epoll_call() {
         .spawn()
         .expect("strace runs (apt-get install strace, or set RINGWS_SKIP_STRACE=1)");
     let mut line = String::new();
-    BufReader::new(strace.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr: SocketAddr = line.trim().strip_prefix("listening on ws://").unwrap_or_else(|| panic!("{line}")).parse().unwrap();
+    BufReader::new(strace.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ws://")
+        .unwrap_or_else(|| panic!("{line}"))
+        .parse()
+        .unwrap();
     let mut clients: Vec<Client> = (0..8).map(|_| Client::connect(addr).unwrap()).collect();
     for c in &mut clients {
         c.send_binary(&[1, 2, 3]).unwrap();
@@ -49,7 +58,10 @@ fn server_makes_no_epoll_call() {
     assert!(strace.wait().unwrap().success());
     let text = std::fs::read_to_string(&trace).unwrap();
     let _ = std::fs::remove_file(&trace);
-    assert!(text.contains("io_uring_enter("), "the trace caught the ring: {text}");
+    assert!(
+        text.contains("io_uring_enter("),
+        "the trace caught the ring: {text}"
+    );
     let epoll: Vec<&str> = text.lines().filter(|l| l.contains("epoll")).collect();
     assert!(epoll.is_empty(), "epoll calls: {epoll:?}");
 }

@@ -113,7 +113,11 @@ fn silent_peer_in_the_middle_of_a_message_is_found_by_the_heartbeat() {
     let start = Instant::now();
     let (frames, _) = hostile::read_frames_to_end(&mut s).unwrap();
     let found = start.elapsed();
-    assert_eq!(frames.first().map(|f| f.0), Some(0x89), "pinged: {frames:?}");
+    assert_eq!(
+        frames.first().map(|f| f.0),
+        Some(0x89),
+        "pinged: {frames:?}"
+    );
     // Generous: the heartbeat finds it after ping interval + pong deadline (plus scheduling).
     assert!(found < bound * 20, "found after {found:?}");
     drop(s);

@@ -81,7 +81,11 @@ fn session(addr: std::net::SocketAddr, rng: &mut Rng, t: u64, s: u64) -> bool {
             }
             c.close(1000, "").unwrap();
             let next = c.recv().unwrap();
-            assert_eq!(next, Event::Close(1000, String::new()), "thread {t} session {s}");
+            assert_eq!(
+                next,
+                Event::Close(1000, String::new()),
+                "thread {t} session {s}"
+            );
             c.read_to_eof().unwrap();
             true
         }
@@ -125,7 +129,10 @@ fn clients_come_and_go_and_no_message_is_lost() {
         t.join().unwrap();
     }
     let clean = clean.load(Relaxed);
-    assert!(clean > 0, "no session stayed open: the check checked nothing");
+    assert!(
+        clean > 0,
+        "no session stayed open: the check checked nothing"
+    );
     let m = hostile::metrics(addr);
     assert_eq!(m["ringws_closes_total{code=\"1000\"}"], clean);
     assert_baseline(addr, "churn");

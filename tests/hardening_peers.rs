@@ -66,7 +66,8 @@ fn random_bytes_after_the_upgrade_end_in_a_valid_close_or_a_cut() {
     let mut rng = Rng::new(seed);
     for round in 0..30 {
         let mut s = raw_upgrade(addr).unwrap();
-        let junk = rng.bytes(1 + rng.below(4000) as usize);
+        let len = 1 + rng.below(4000) as usize;
+        let junk = rng.bytes(len);
         s.write_all(&junk).unwrap();
         // Whatever the junk was, the server ends TCP: at once on a violation, or through the
         // heartbeat (this peer never answers a ping) when the junk is an unfinished frame.
@@ -78,7 +79,10 @@ fn random_bytes_after_the_upgrade_end_in_a_valid_close_or_a_cut() {
             // An empty Close (the echo of the peer's own empty Close) carries no code.
             let payload = &frames[at].1;
             let code = close_code_of(payload);
-            assert!(payload.is_empty() || is_valid_on_wire(code), "{ctx}: code {code}");
+            assert!(
+                payload.is_empty() || is_valid_on_wire(code),
+                "{ctx}: code {code}"
+            );
         }
     }
     assert_baseline(addr, "random frames");
@@ -103,8 +107,16 @@ fn each_violation_gets_its_exact_close_code() {
         ("RSV1 without extension", raw_frame(0xc1, b"x", MASK), 1002),
         ("RSV3 without extension", raw_frame(0x92, b"x", MASK), 1002),
         ("reserved data opcode 3", raw_frame(0x83, b"x", MASK), 1002),
-        ("reserved control opcode 0xB", raw_frame(0x8b, b"", MASK), 1002),
-        ("ping over 125 bytes", raw_frame(0x89, &[0; 126], MASK), 1002),
+        (
+            "reserved control opcode 0xB",
+            raw_frame(0x8b, b"", MASK),
+            1002,
+        ),
+        (
+            "ping over 125 bytes",
+            raw_frame(0x89, &[0; 126], MASK),
+            1002,
+        ),
         ("fragmented ping", raw_frame(0x09, b"p", MASK), 1002),
         ("continuation first", raw_frame(0x80, b"x", MASK), 1002),
         (
@@ -134,8 +146,16 @@ fn each_violation_gets_its_exact_close_code() {
             1007,
         ),
         ("overlong UTF-8", raw_frame(0x81, b"\xc0\x80", MASK), 1007),
-        ("UTF-8 cut at the end", raw_frame(0x81, b"ok \xe2\x82", MASK), 1007),
-        ("surrogate in UTF-8", raw_frame(0x81, b"\xed\xa0\x80", MASK), 1007),
+        (
+            "UTF-8 cut at the end",
+            raw_frame(0x81, b"ok \xe2\x82", MASK),
+            1007,
+        ),
+        (
+            "surrogate in UTF-8",
+            raw_frame(0x81, b"\xed\xa0\x80", MASK),
+            1007,
+        ),
         ("64-bit length top bit", long_length, 1002),
         ("non-minimal length", non_minimal, 1002),
     ];
@@ -178,7 +198,11 @@ fn a_peer_that_keeps_sending_after_its_close_is_ignored_then_closed() {
     }
     assert!(cut, "the server never closed a peer that kept sending");
     let (frames, _) = read.join().unwrap();
-    assert_eq!(frames.len(), 2, "nothing after the Close is answered: {frames:?}");
+    assert_eq!(
+        frames.len(),
+        2,
+        "nothing after the Close is answered: {frames:?}"
+    );
     assert_eq!(frames[0], (0x81, b"first".to_vec()));
     assert_eq!(frames[1].0, 0x88, "{frames:?}");
     assert_eq!(close_code_of(&frames[1].1), 1000, "the Close is echoed");

@@ -96,13 +96,19 @@ fn two_thousand_slow_handshakes_do_not_stop_a_normal_client() {
     }
     let took = normal.join().unwrap();
     eprintln!("the normal client echoed in {took:?} among {SLOW} slow handshakes");
-    assert!(took < Duration::from_secs(20), "normal client took {took:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "normal client took {took:?}"
+    );
     let early = Duration::from_millis(HANDSHAKE_TIMEOUT_MS / 2);
     for (i, s) in slow.iter().enumerate() {
         let cut = s.cut.unwrap_or_else(|| panic!("slow peer {i} never cut"));
         let lived = cut - s.connected;
         assert!(lived >= early, "slow peer {i} cut after only {lived:?}");
-        assert!(s.sent < request.len(), "slow peer {i} sent its whole request");
+        assert!(
+            s.sent < request.len(),
+            "slow peer {i} sent its whole request"
+        );
     }
     drop(slow);
     assert_baseline(addr, "slowloris");
