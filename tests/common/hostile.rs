@@ -139,9 +139,12 @@ pub fn reset(s: TcpStream) {
     drop(s);
 }
 
+/// A server frame: its first byte (FIN, RSV, opcode) and its payload.
+pub type Frame = (u8, Vec<u8>);
+
 /// Everything the server sends until it ends TCP (EOF or reset), as server frames
 /// `(first byte, payload)`, plus any trailing bytes that did not form a whole frame.
-pub fn read_frames_to_end(s: &mut TcpStream) -> io::Result<(Vec<(u8, Vec<u8>)>, Vec<u8>)> {
+pub fn read_frames_to_end(s: &mut TcpStream) -> io::Result<(Vec<Frame>, Vec<u8>)> {
     let mut all = Vec::new();
     match s.read_to_end(&mut all) {
         Ok(_) => {}
