@@ -16,7 +16,7 @@ use ringws::modes::Echo;
 use ringws::proto::frame::OpCode;
 
 const THREADS: u64 = 6;
-const SESSIONS: u64 = 25;
+const SESSIONS: u64 = 60;
 const MASK: Option<[u8; 4]> = Some([0x11, 0x22, 0x33, 0x44]);
 
 /// One message: its kind and bytes; the text ones are ASCII.
@@ -134,6 +134,11 @@ fn clients_come_and_go_and_no_message_is_lost() {
         "no session stayed open: the check checked nothing"
     );
     let m = hostile::metrics(addr);
+    eprintln!(
+        "{clean} of {} sessions stayed open and were checked; the server received {} messages",
+        THREADS * SESSIONS,
+        m["ringws_messages_received_total"]
+    );
     assert_eq!(m["ringws_closes_total{code=\"1000\"}"], clean);
     assert_baseline(addr, "churn");
     server.shutdown();

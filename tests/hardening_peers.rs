@@ -53,6 +53,25 @@ fn random_bytes_instead_of_a_handshake_get_400_and_a_close() {
         );
         assert!(text.contains("Connection: close"), "{text}");
     }
+    // Printable junk, with spaces and line ends, that looks a little more like HTTP: refused
+    // with a 4xx, never upgraded, never left hanging.
+    for round in 0..40 {
+        let len = 1 + rng.below(600) as usize;
+        let alphabet = b"GET /HTTP1.:\r\n aZ-?=&";
+        let mut junk: Vec<u8> = (0..len)
+            .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
+            .collect();
+        junk.extend_from_slice(b"\r\n\r\n");
+        let mut s = raw_connect(addr).unwrap();
+        s.write_all(&junk).unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer)
+            .unwrap_or_else(|e| panic!("seed {seed:#x} printable round {round}: {e}"));
+        let text = String::from_utf8_lossy(&answer);
+        let ctx = format!("seed {seed:#x} printable round {round}: {junk:?} -> {text}");
+        let status: u16 = text.get(9..12).and_then(|s| s.parse().ok()).expect(&ctx);
+        assert!((400..500).contains(&status), "{ctx}");
+    }
     assert_baseline(addr, "random handshakes");
     server.shutdown();
     server.join().unwrap();
