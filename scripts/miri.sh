@@ -5,8 +5,13 @@
 # installs miri + rust-src into it when missing. The io_uring runtime is not run (Miri does not
 # emulate io_uring system calls).
 #
-#   scripts/miri.sh                 # unit tests of proto:: and timer, and tests/{proto_connection,handshake,timer}.rs
-#   PROPTEST_CASES=4 scripts/miri.sh
+#   scripts/miri.sh              # unit tests of proto:: and timer, tests/{proto_connection,handshake,timer}.rs
+#   MIRI_FULL=1 scripts/miri.sh  # also the exhaustive and property tests (hours under Miri)
+#
+# By default the exhaustive loops and the property tests with a fixed case count are skipped:
+# Miri runs them about 1000x slower than native (the every-length-and-offset unmask test alone
+# did not finish in 10 minutes). The cases they cover are still reached by the smaller tests
+# (e.g. split_anywhere_equals_whole unmasks 300 bytes cut at every point).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,8 +30,21 @@ for c in miri rust-src; do
     fi
 done
 
+skips=()
+if [ "${MIRI_FULL:-0}" != 1 ]; then
+    for t in word_wide_matches_bytewise_at_every_length_and_offset \
+        agrees_with_std_on_every_split_of_many_inputs \
+        every_split_point_gives_identical_events every_split_point_of_a_small_stream_exhaustively \
+        encode_parse_round_trip random_input_never_panics \
+        random_bytes_never_panic every_prefix_is_incomplete_until_the_last_byte \
+        client_response_every_prefix_is_incomplete \
+        mutated_requests_never_panic wheel_matches_reference_model fuzz_decoder_on_random_bytes; do
+        skips+=(--skip "$t")
+    done
+fi
+
 start=$(date +%s)
 cargo +"$toolchain" miri setup
-cargo +"$toolchain" miri test --lib -- proto:: timer
-cargo +"$toolchain" miri test --test proto_connection --test handshake --test timer
+cargo +"$toolchain" miri test --lib -- proto:: timer "${skips[@]}"
+cargo +"$toolchain" miri test --test proto_connection --test handshake --test timer -- "${skips[@]}"
 echo "miri: passed in $(($(date +%s) - start)) s"
