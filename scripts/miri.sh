@@ -38,7 +38,8 @@ if [ "${MIRI_FULL:-0}" != 1 ]; then
         encode_parse_round_trip random_input_never_panics \
         random_bytes_never_panic every_prefix_is_incomplete_until_the_last_byte \
         client_response_every_prefix_is_incomplete \
-        mutated_requests_never_panic wheel_matches_reference_model fuzz_decoder_on_random_bytes; do
+        mutated_requests_never_panic wheel_matches_reference_model fuzz_decoder_on_random_bytes \
+        big_time_jump_fires_everything_due_exactly_once; do
         skips+=(--skip "$t")
     done
 fi
