@@ -35,16 +35,10 @@ fn main() -> std::io::Result<()> {
         workers: 2,
         ..Config::default()
     };
+    let factory = |worker| Echo {
+        worker,
+        messages: 0,
+    };
     let addr = "127.0.0.1:9002".parse().unwrap();
-    ringws::run_until_signal(
-        addr,
-        config,
-        |worker| Echo {
-            worker,
-            messages: 0,
-        },
-        |a| {
-            println!("listening on ws://{a}");
-        },
-    )
+    ringws::run_until_signal(addr, config, factory, |a| println!("listening on ws://{a}"))
 }

@@ -12,6 +12,8 @@
 //! | `ringws_backpressure_drops_total` | counter | messages dropped because a send queue was full |
 //! | `ringws_backpressure_closes_total` | counter | connections closed (1008) because a send queue was full |
 //! | `ringws_http_responses_total{status}` | counter | non-101 HTTP answers (4xx, 503, 200 for /metrics) |
+//! | `ringws_sends_total` | counter | socket sends submitted |
+//! | `ringws_sends_fixed_total` | counter | sends written from registered (fixed) buffers |
 //! | `ringws_fixed_files_in_use` | gauge | direct descriptors (fixed-file slots) in use |
 //! | `ringws_slab_slots` | gauge | connection slots in use in the slabs |
 //! | `ringws_workers` | gauge | worker threads |
@@ -42,6 +44,9 @@ pub struct WorkerMetrics {
     pub backpressure_drops: AtomicU64,
     pub backpressure_closes: AtomicU64,
     pub fixed_files: AtomicU64,
+    /// Sends submitted, and those of them written from registered (fixed) buffers.
+    pub sends: AtomicU64,
+    pub sends_fixed: AtomicU64,
     pub slab_slots: AtomicU64,
 }
 
@@ -139,7 +144,17 @@ impl Metrics {
             "closing",
             sum(ws, |w| &w.closing),
         );
-        let counters: [(&str, &str, u64); 6] = [
+        let counters: [(&str, &str, u64); 8] = [
+            (
+                "ringws_sends_total",
+                "Socket sends submitted (one per connection per loop turn at most).",
+                sum(ws, |w| &w.sends),
+            ),
+            (
+                "ringws_sends_fixed_total",
+                "Sends written from registered (fixed) buffers.",
+                sum(ws, |w| &w.sends_fixed),
+            ),
             (
                 "ringws_messages_received_total",
                 "Data messages received.",

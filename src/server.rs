@@ -58,7 +58,8 @@ impl ServerHandle {
 }
 
 /// Starts a server on `addr` (port 0 picks a free port). `factory` builds each worker's handler
-/// on that worker's thread. Returns once every worker accepts.
+/// on that worker's thread. Returns once every worker accepts. SIGPIPE is set to be ignored for
+/// the process: registered-buffer sends are `write`s, which have no MSG_NOSIGNAL.
 pub fn start<H, F>(addr: SocketAddr, config: Config, factory: F) -> io::Result<ServerHandle>
 where
     H: Handler,
@@ -67,9 +68,16 @@ where
     config
         .validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    sys::ignore_sigpipe()?;
     sys::ensure_nofile(u64::from(
         config.connections_per_worker_max + SPARE_FIXED_FILES,
     ))?;
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let a second server (same user) silently share the port and take
+        // part of its connections: refuse a port that is already bound.
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    }
     let first = sys::listener(addr, config.listen_backlog)?;
     let addr = SocketAddr::new(addr.ip(), sys::local_port(first.as_raw_fd())?);
     let mut listeners = vec![first];

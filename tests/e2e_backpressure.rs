@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use common::{Client, Event, metric, serve, test_config};
 use ringws::{Backpressure, BackpressurePolicy, Config, Conn, ConnId, Handler, Message};
 
-struct Reporter(mpsc::Sender<Backpressure>);
+struct Reporter(mpsc::Sender<Backpressure>, mpsc::Sender<ConnId>);
 
 impl Handler for Reporter {
     fn on_message(&mut self, conn: &mut Conn<'_>, msg: Message<'_>) {
@@ -14,6 +14,9 @@ impl Handler for Reporter {
     }
     fn on_backpressure(&mut self, _id: ConnId, _queued: usize, what: Backpressure) {
         let _ = self.0.send(what);
+    }
+    fn on_drain(&mut self, conn: &mut Conn<'_>) {
+        let _ = self.1.send(conn.id());
     }
 }
 
@@ -42,8 +45,9 @@ fn flood(c: &mut Client, rx: &mpsc::Receiver<Backpressure>) -> (Backpressure, us
 #[test]
 fn never_reading_client_is_closed_with_1008() {
     let (tx, rx) = mpsc::channel();
+    let (dtx, _drx) = mpsc::channel();
     let server = serve(config(BackpressurePolicy::Close), move |_| {
-        Reporter(tx.clone())
+        Reporter(tx.clone(), dtx.clone())
     });
     let addr = server.local_addr();
     let mut c = Client::connect(addr).unwrap();
@@ -61,8 +65,9 @@ fn never_reading_client_is_closed_with_1008() {
 #[test]
 fn drop_policy_drops_and_keeps_the_connection() {
     let (tx, rx) = mpsc::channel();
+    let (dtx, drx) = mpsc::channel();
     let server = serve(config(BackpressurePolicy::Drop), move |_| {
-        Reporter(tx.clone())
+        Reporter(tx.clone(), dtx.clone())
     });
     let addr = server.local_addr();
     let mut c = Client::connect(addr).unwrap();
@@ -82,6 +87,9 @@ fn drop_policy_drops_and_keeps_the_connection() {
         "some messages were dropped ({echoed} of {sent} echoed)"
     );
     assert!(metric(addr, "ringws_backpressure_drops_total") >= 1);
+    // The queue emptied once the client read: on_drain fired.
+    drx.recv_timeout(common::READ_TIMEOUT)
+        .expect("on_drain after the queue emptied");
     drop(c);
     server.shutdown();
     server.join().unwrap();

@@ -29,6 +29,42 @@ fn echo_text_and_binary_of_every_size() {
     c.close(1000, "bye").unwrap();
     assert_eq!(c.recv_close().unwrap().0, 1000);
     c.read_to_eof().unwrap();
+    drop(c);
+    server.shutdown();
+    server.join().unwrap();
+}
+
+#[test]
+fn two_receive_buffers_still_serve_everyone() {
+    // With 2 provided buffers, concurrent senders run the group dry (ENOBUFS): receives must be
+    // re-armed and nothing lost.
+    let config = ringws::Config {
+        recv_buffers_per_worker: 2,
+        ..test_config()
+    };
+    let server = serve(config, |_| Echo);
+    let addr = server.local_addr();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut cs: Vec<Client> = (0..25).map(|_| Client::connect(addr).unwrap()).collect();
+                for round in 0..20 {
+                    for (i, c) in cs.iter_mut().enumerate() {
+                        c.send_binary(&pattern(1000 + t * 100 + i + round)).unwrap();
+                    }
+                    for (i, c) in cs.iter_mut().enumerate() {
+                        assert_eq!(
+                            c.recv().unwrap(),
+                            Event::Binary(pattern(1000 + t * 100 + i + round))
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
     server.shutdown();
     server.join().unwrap();
 }

@@ -83,3 +83,42 @@ fn pubsub_delivers_to_subscribers_only() {
     server.shutdown();
     server.join().unwrap();
 }
+
+/// Reports each opened connection's id.
+struct Ids(std::sync::mpsc::Sender<ringws::ConnId>);
+
+impl ringws::Handler for Ids {
+    fn on_open<'r>(
+        &mut self,
+        conn: &mut ringws::Conn<'_>,
+        _req: &ringws::UpgradeRequest<'r>,
+    ) -> ringws::OpenDecision<'r> {
+        let _ = self.0.send(conn.id());
+        ringws::OpenDecision::Accept { protocol: None }
+    }
+    fn on_message(&mut self, _conn: &mut ringws::Conn<'_>, _msg: Message<'_>) {}
+}
+
+#[test]
+fn publisher_sends_to_one_connection_from_another_thread() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = serve(two_workers(), move |_| Ids(tx.clone()));
+    let addr = server.local_addr();
+    let mut a = Client::connect(addr).unwrap();
+    let id_a = rx.recv().unwrap();
+    let mut b = Client::connect(addr).unwrap();
+    let id_b = rx.recv().unwrap();
+    assert_ne!(id_a, id_b);
+    let p = server.publisher();
+    std::thread::spawn(move || {
+        p.send(id_b, Message::Text("for b"));
+        p.send(id_a, Message::Binary(b"for a"));
+    })
+    .join()
+    .unwrap();
+    assert_eq!(a.recv().unwrap(), Event::Binary(b"for a".to_vec()));
+    assert_eq!(b.recv().unwrap(), Event::Text("for b".into()));
+    drop((a, b));
+    server.shutdown();
+    server.join().unwrap();
+}

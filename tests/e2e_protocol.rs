@@ -106,3 +106,39 @@ fn handshake_split_byte_by_byte_and_frames_in_the_same_packet() {
     server.shutdown();
     server.join().unwrap();
 }
+
+/// Closes with 4000 when asked; reports closes.
+struct Closer(std::sync::mpsc::Sender<(u16, String)>);
+
+impl ringws::Handler for Closer {
+    fn on_message(&mut self, conn: &mut ringws::Conn<'_>, msg: ringws::Message<'_>) {
+        if msg == ringws::Message::Text("bye") {
+            conn.close(4000, "app close");
+            assert!(
+                conn.send_text("after close"),
+                "queued before the Close frame"
+            );
+        } else {
+            conn.send(msg);
+        }
+    }
+    fn on_close(&mut self, _id: ringws::ConnId, code: u16, reason: &str) {
+        let _ = self.0.send((code, reason.to_string()));
+    }
+}
+
+#[test]
+fn handler_close_is_a_clean_close_handshake() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = serve(test_config(), move |_| Closer(tx.clone()));
+    let mut c = Client::connect(server.local_addr()).unwrap();
+    c.send_text("bye").unwrap();
+    assert_eq!(c.recv().unwrap(), Event::Text("after close".into()));
+    assert_eq!(c.recv().unwrap(), Event::Close(4000, "app close".into()));
+    // Our client core echoed the Close; the server ends TCP first.
+    c.read_to_eof().unwrap();
+    assert_eq!(rx.recv_timeout(common::READ_TIMEOUT).unwrap().0, 4000);
+    drop(c);
+    server.shutdown();
+    server.join().unwrap();
+}

@@ -55,3 +55,44 @@ fn sigterm_sends_1001_to_everyone_and_exits_0() {
         "no longer listening"
     );
 }
+
+#[test]
+fn sigterm_with_a_client_that_never_reads_still_exits_0() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringws"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--workers",
+            "1",
+            "--no-pin",
+            "--close-timeout-ms",
+            "300",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ws://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut stuck = Client::connect(addr).unwrap();
+    // Fill the server's send queue towards this client (it never reads).
+    let big = vec![0u8; 1 << 20];
+    for _ in 0..16 {
+        stuck.send_binary(&big).unwrap();
+    }
+    let mut fine = Client::connect(addr).unwrap();
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(fine.recv_close().unwrap().0, 1001);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    drop((stuck, fine));
+}

@@ -61,6 +61,19 @@ fn silent_peer_is_closed_after_the_pong_deadline() {
     assert!(raw.starts_with(&[0x89, 0]), "a ping came first: {raw:?}");
     let (_, code) = rx.recv_timeout(common::READ_TIMEOUT).unwrap();
     assert_eq!(code, 1006, "a peer that vanished ends abnormally");
+    // The forced end (shutdown(SHUT_RDWR) then Close) frees the slot and the descriptor even
+    // though this client never closes its socket: only the /metrics connection remains.
+    let addr = server.local_addr();
+    let freed = (0..500).any(|_| {
+        let done = common::metric(addr, "ringws_slab_slots") == 1
+            && common::metric(addr, "ringws_fixed_files_in_use") == 1;
+        if !done {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        done
+    });
+    assert!(freed, "slot or descriptor of the silent peer leaked");
+    drop(c);
     server.shutdown();
     server.join().unwrap();
 }

@@ -24,6 +24,7 @@ const USAGE: &str = "usage: ringws serve [options]
   --close-timeout-ms N            time for the close handshake and TCP end (default 5000)
   --max-message-bytes N           largest message and frame (default 16 MiB)
   --send-queue-bytes-max N        per-connection send queue limit (default 32 MiB)
+  --send-zc-bytes-min N           SENDMSG_ZC for batches of N bytes or more (default 0: off)
   --backpressure close|drop       past the send queue limit (default close, with 1008)
   --origin ORIGIN                 allow this Origin (repeatable; default: any)
   --recv-buffers N                receive buffers per worker (power of two)
@@ -88,6 +89,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 c.frame_bytes_max = c.message_bytes_max;
             }
             "--send-queue-bytes-max" => c.send_queue_bytes_max = num(&flag, it.next())?,
+            "--send-zc-bytes-min" => c.send_zc_bytes_min = num(&flag, it.next())?,
             "--backpressure" => {
                 c.backpressure = match it.next().as_deref() {
                     Some("close") => BackpressurePolicy::Close,

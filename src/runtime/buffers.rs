@@ -3,11 +3,15 @@
 //! - [`RecvPool`]: a provided-buffer ring. All receive buffers are allocated once, up front; the
 //!   kernel picks one per multishot-recv completion, the worker parses it in place and gives it
 //!   back at once. A connection holds no receive buffer between completions.
+//! - [`SendArena`]: the worker's registered (fixed) send memory, allocated and registered with the
+//!   ring once; each pooled send queue owns two of its chunks for its whole life.
 //! - [`SendQueue`]: a connection's outgoing bytes, borrowed from a per-worker [`SendPool`] only
-//!   while something is queued or in flight. Own frames (echo, pongs, closes) are copied into a
-//!   reused byte vector; shared frames (broadcast, publish) are `Bytes` encoded once and sent to
-//!   every subscriber by reference. Everything queued in one loop turn leaves in one `sendmsg`
-//!   (an iovec per segment); at most one send per connection is in flight, which keeps order.
+//!   while something is queued or in flight. Own frames (echo, pongs, closes) are copied into the
+//!   batch's registered chunk (or, past its size, a reused byte vector); shared frames
+//!   (broadcast, publish) are `Bytes` encoded once and sent to every subscriber by reference. A
+//!   batch that is one run of bytes in its chunk leaves in one `WRITE_FIXED`; any other batch in
+//!   one `sendmsg` (an iovec per segment). At most one send per connection is in flight, which
+//!   keeps order.
 
 use std::alloc::{self, Layout};
 use std::io;
@@ -43,7 +47,8 @@ impl RecvPool {
         let entries_layout =
             Layout::from_size_align(usize::from(count) * mem::size_of::<BufRingEntry>(), 4096)
                 .map_err(io::Error::other)?;
-        let memory_layout = Layout::from_size_align(usize::from(count) * buffer_bytes as usize, 64)
+        // 16-byte alignment lets the allocator hand out fresh zero pages lazily (calloc/mmap).
+        let memory_layout = Layout::from_size_align(usize::from(count) * buffer_bytes as usize, 16)
             .map_err(io::Error::other)?;
         // SAFETY: both layouts have a non-zero size (count >= 1, buffer_bytes >= 512).
         let (entries, memory) = unsafe {
@@ -144,8 +149,90 @@ impl Drop for RecvPool {
     }
 }
 
-/// A piece of a batch: bytes in the batch's own vector, or a shared frame.
+/// Registered send memory: `count` chunks of `chunk_bytes`, registered with the ring as fixed
+/// buffers `0..count`. Allocated once; freed only when the worker ends, after its ring.
+pub struct SendArena {
+    memory: NonNull<u8>,
+    layout: Layout,
+    chunk_bytes: u32,
+    free: Vec<u16>,
+}
+
+/// One registered chunk, owned by one batch at a time.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    ptr: NonNull<u8>,
+    cap: u32,
+    index: u16,
+}
+
+impl Chunk {
+    /// Whether `[p, p + len)` lies inside this chunk.
+    fn holds(&self, p: *const u8, len: usize) -> bool {
+        let start = self.ptr.as_ptr() as usize;
+        let p = p as usize;
+        p >= start && p + len <= start + self.cap as usize
+    }
+}
+
+impl SendArena {
+    /// Allocates `count` chunks of `chunk_bytes` and registers them with `ring`.
+    pub fn new(ring: &Ring, count: u16, chunk_bytes: u32) -> io::Result<SendArena> {
+        assert!(count > 0 && chunk_bytes > 0);
+        let layout = Layout::from_size_align(usize::from(count) * chunk_bytes as usize, 4096)
+            .map_err(io::Error::other)?;
+        // SAFETY: the layout has a non-zero size (count > 0, chunk_bytes > 0).
+        let memory = NonNull::new(unsafe { alloc::alloc_zeroed(layout) })
+            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        let arena = SendArena {
+            memory,
+            layout,
+            chunk_bytes,
+            free: (0..count).rev().collect(),
+        };
+        let iovecs: Vec<libc::iovec> = (0..count)
+            .map(|i| libc::iovec {
+                iov_base: arena.chunk_ptr(i).as_ptr().cast(),
+                iov_len: chunk_bytes as usize,
+            })
+            .collect();
+        // SAFETY: every iovec describes memory of `arena`, which stays allocated until the
+        // arena is dropped; the worker drops its ring (unregistering them) before its pool.
+        unsafe { ring.submitter().register_buffers(&iovecs) }?;
+        Ok(arena)
+    }
+
+    fn chunk_ptr(&self, i: u16) -> NonNull<u8> {
+        // SAFETY: i < count, so the offset stays inside the allocation.
+        unsafe { self.memory.add(usize::from(i) * self.chunk_bytes as usize) }
+    }
+
+    fn take(&mut self) -> Option<Chunk> {
+        let index = self.free.pop()?;
+        Some(Chunk {
+            ptr: self.chunk_ptr(index),
+            cap: self.chunk_bytes,
+            index,
+        })
+    }
+
+    fn give_back(&mut self, c: Chunk) {
+        self.free.push(c.index);
+    }
+}
+
+impl Drop for SendArena {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; no send is in flight once the worker
+        // drops its pool (its ring is gone).
+        unsafe { alloc::dealloc(self.memory.as_ptr(), self.layout) };
+    }
+}
+
+/// A piece of a batch: bytes in the batch's registered chunk or its own vector, or a shared
+/// frame.
 enum Seg {
+    Fixed { start: usize, end: usize },
     Own { start: usize, end: usize },
     Shared(Bytes),
 }
@@ -153,6 +240,9 @@ enum Seg {
 /// Frames queued in one turn.
 #[derive(Default)]
 struct Batch {
+    /// Registered memory for own bytes, if the pool had a chunk for this queue.
+    chunk: Option<Chunk>,
+    chunk_len: usize,
     own: Vec<u8>,
     segs: Vec<Seg>,
     bytes: usize,
@@ -160,6 +250,12 @@ struct Batch {
 
 impl Batch {
     fn push_own(&mut self, parts: &[&[u8]]) {
+        let n: usize = parts.iter().map(|p| p.len()).sum();
+        if let Some(c) = self.chunk
+            && self.chunk_len + n <= c.cap as usize
+        {
+            return self.push_fixed(c, parts, n);
+        }
         let start = self.own.len();
         for p in parts {
             self.own.extend_from_slice(p);
@@ -175,12 +271,36 @@ impl Batch {
         self.segs.push(Seg::Own { start, end });
     }
 
+    /// Copies `parts` (`n` bytes, known to fit) into the registered chunk.
+    fn push_fixed(&mut self, c: Chunk, parts: &[&[u8]], n: usize) {
+        let start = self.chunk_len;
+        // SAFETY: the chunk is owned by this batch alone (taken from the arena for this queue);
+        // the kernel reads it only while this batch is in flight, and nothing is pushed to a
+        // batch in flight (the queue fills the other one). `start + n <= cap` was checked.
+        let mem = unsafe { std::slice::from_raw_parts_mut(c.ptr.as_ptr(), c.cap as usize) };
+        let mut at = start;
+        for p in parts {
+            mem[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        self.chunk_len = at;
+        self.bytes += n;
+        if let Some(Seg::Fixed { end: last, .. }) = self.segs.last_mut()
+            && *last == start
+        {
+            *last = at;
+            return;
+        }
+        self.segs.push(Seg::Fixed { start, end: at });
+    }
+
     fn push_shared(&mut self, frame: Bytes) {
         self.bytes += frame.len();
         self.segs.push(Seg::Shared(frame));
     }
 
     fn clear(&mut self) {
+        self.chunk_len = 0;
         self.own.clear();
         self.segs.clear();
         self.bytes = 0;
@@ -193,6 +313,8 @@ pub enum SendOp {
     Buf(*const u8, u32),
     /// A msghdr with several iovecs.
     Msg(*const libc::msghdr),
+    /// One contiguous run inside registered buffer `index`.
+    Fixed(*const u8, u32, u16),
 }
 
 /// A connection's send queue: the batch in flight (untouched until it completes) and the batch
@@ -205,6 +327,9 @@ pub struct SendQueue {
     inflight_left: usize,
     msg: libc::msghdr,
     in_flight: bool,
+    /// The result of a zero-copy send, kept until its notification arrives (`u32::MAX`: the
+    /// send failed).
+    pub zc_result: Option<u32>,
 }
 
 impl Default for SendQueue {
@@ -218,6 +343,7 @@ impl Default for SendQueue {
             // SAFETY: msghdr is plain old data; all-zero (null pointers, zero lengths) is valid.
             msg: unsafe { mem::zeroed() },
             in_flight: false,
+            zc_result: None,
         }
     }
 }
@@ -236,6 +362,11 @@ impl SendQueue {
     /// Bytes not yet handed to the kernel or not yet acknowledged by it.
     pub fn bytes(&self) -> usize {
         self.inflight_left + self.queued.bytes
+    }
+
+    /// Bytes of the batch in flight not yet acknowledged.
+    pub fn inflight_bytes(&self) -> usize {
+        self.inflight_left
     }
 
     /// Whether a send is in flight.
@@ -259,6 +390,12 @@ impl SendQueue {
         self.iov.clear();
         for seg in &self.inflight.segs {
             let s: &[u8] = match seg {
+                Seg::Fixed { start, end } => {
+                    let c = self.inflight.chunk.expect("a fixed segment has its chunk");
+                    // SAFETY: `start..end` was written by `push_fixed` inside the chunk, which
+                    // this batch owns; it is only read here and by the kernel.
+                    unsafe { std::slice::from_raw_parts(c.ptr.as_ptr().add(*start), end - start) }
+                }
                 Seg::Own { start, end } => &self.inflight.own[*start..*end],
                 Seg::Shared(b) => b,
             };
@@ -275,9 +412,23 @@ impl SendQueue {
         Some(self.op())
     }
 
+    /// The same send as a msghdr (for a zero-copy sendmsg).
+    pub fn msg(&mut self) -> *const libc::msghdr {
+        let rest = &self.iov[self.iov_pos..];
+        self.msg.msg_iov = rest.as_ptr() as *mut libc::iovec;
+        self.msg.msg_iovlen = rest.len().min(IOV_MAX);
+        &self.msg
+    }
+
     fn op(&mut self) -> SendOp {
         let rest = &self.iov[self.iov_pos..];
         if rest.len() == 1 {
+            let (p, len) = (rest[0].iov_base as *const u8, rest[0].iov_len);
+            if let Some(c) = self.inflight.chunk
+                && c.holds(p, len)
+            {
+                return SendOp::Fixed(p, len as u32, c.index);
+            }
             return SendOp::Buf(
                 rest[0].iov_base as *const u8,
                 rest[0].iov_len.min(1 << 30) as u32,
@@ -326,6 +477,7 @@ impl SendQueue {
         self.iov_pos = 0;
         self.inflight_left = 0;
         self.in_flight = false;
+        self.zc_result = None;
     }
 
     /// Drops everything queued (not in flight), e.g. when the peer is gone.
@@ -339,17 +491,36 @@ impl SendQueue {
 #[allow(clippy::vec_box)] // boxed: a queue's address must not change while a send is in flight
 pub struct SendPool {
     free: Vec<Box<SendQueue>>,
+    arena: Option<SendArena>,
 }
 
 /// Queues kept in the pool at most.
-const POOL_KEPT_MAX: usize = 1024;
+const POOL_KEPT_MAX: usize = 256;
 /// A queue whose own vector grew past this is shrunk before being kept.
-const OWN_KEPT_BYTES_MAX: usize = 64 * 1024;
+const OWN_KEPT_BYTES_MAX: usize = 16 * 1024;
 
 impl SendPool {
+    /// A pool whose new queues get registered chunks from `arena` while it has two to give.
+    pub fn with_arena(arena: Option<SendArena>) -> SendPool {
+        SendPool {
+            free: Vec::new(),
+            arena,
+        }
+    }
+
     /// A queue for a connection that has something to send.
     pub fn take(&mut self) -> Box<SendQueue> {
-        self.free.pop().unwrap_or_default()
+        if let Some(q) = self.free.pop() {
+            return q;
+        }
+        let mut q = Box::<SendQueue>::default();
+        if let Some(arena) = self.arena.as_mut()
+            && arena.free.len() >= 2
+        {
+            q.inflight.chunk = arena.take();
+            q.queued.chunk = arena.take();
+        }
+        q
     }
 
     /// Gives back an empty queue.
@@ -359,6 +530,13 @@ impl SendPool {
             "a send queue goes back to the pool only when empty"
         );
         if self.free.len() >= POOL_KEPT_MAX {
+            if let Some(arena) = self.arena.as_mut() {
+                for b in [&mut q.inflight, &mut q.queued] {
+                    if let Some(c) = b.chunk.take() {
+                        arena.give_back(c);
+                    }
+                }
+            }
             return;
         }
         for b in [&mut q.inflight, &mut q.queued] {
@@ -384,7 +562,10 @@ mod tests {
     fn bytes_of(op: &SendOp) -> Vec<u8> {
         match *op {
             // SAFETY: the op points into a live queue in this test.
-            SendOp::Buf(p, n) => unsafe { std::slice::from_raw_parts(p, n as usize) }.to_vec(),
+            SendOp::Buf(p, n) | SendOp::Fixed(p, n, _) => {
+                // SAFETY: as above.
+                unsafe { std::slice::from_raw_parts(p, n as usize) }.to_vec()
+            }
             SendOp::Msg(m) => {
                 let mut out = Vec::new();
                 // SAFETY: the msghdr and its iovecs live in the queue for this test.
@@ -425,5 +606,53 @@ mod tests {
         let mut pool = SendPool::default();
         pool.give_back(Box::new(q));
         assert!(pool.take().is_empty());
+    }
+
+    fn chunk_of(mem: &mut [u8], index: u16) -> Option<Chunk> {
+        Some(Chunk {
+            ptr: NonNull::new(mem.as_mut_ptr()).unwrap(),
+            cap: mem.len() as u32,
+            index,
+        })
+    }
+
+    #[test]
+    fn own_bytes_in_a_chunk_leave_as_one_fixed_write() {
+        let (mut a, mut b) = (vec![0u8; 16], vec![0u8; 16]);
+        let mut q = SendQueue::default();
+        q.inflight.chunk = chunk_of(&mut a, 3);
+        q.queued.chunk = chunk_of(&mut b, 4);
+        q.push_own(&[b"he", b"ad"]);
+        q.push_own(&[b"payload"]);
+        let op = q.start().unwrap();
+        assert!(matches!(op, SendOp::Fixed(_, 11, 4)), "one run in chunk 4");
+        assert_eq!(bytes_of(&op), b"headpayload");
+        // While that batch is in flight the other chunk fills; a short write resumes fixed.
+        q.push_own(&[b"next"]);
+        let op = q.complete(4).unwrap();
+        assert!(matches!(op, SendOp::Fixed(_, 7, 4)));
+        assert_eq!(bytes_of(&op), b"payload");
+        assert!(q.complete(7).is_none());
+        let op = q.start().unwrap();
+        assert!(
+            matches!(op, SendOp::Fixed(_, 4, 3)),
+            "the batches swapped chunks"
+        );
+        assert_eq!(bytes_of(&op), b"next");
+        assert!(q.complete(4).is_none());
+        // Too big for the chunk: the vector; mixed with a shared frame: sendmsg.
+        q.push_own(&[&[7u8; 20]]);
+        assert!(matches!(q.start().unwrap(), SendOp::Buf(_, 20)));
+        assert!(q.complete(20).is_none());
+        q.push_own(&[b"ab"]);
+        q.push_shared(Bytes::from_static(b"CD"));
+        let op = q.start().unwrap();
+        assert!(matches!(op, SendOp::Msg(_)));
+        assert_eq!(bytes_of(&op), b"abCD");
+        // A short write that leaves only the shared frame is no fixed write.
+        let op = q.complete(2).unwrap();
+        assert!(matches!(op, SendOp::Buf(_, 2)));
+        assert!(q.complete(2).is_none());
+        assert!(q.is_empty());
     }
 }

@@ -42,6 +42,7 @@ enum Tag {
     Close = 6,
     Wake = 7,
     CancelAccept = 8,
+    SendZc = 9,
 }
 
 impl Tag {
@@ -55,6 +56,7 @@ impl Tag {
             6 => Tag::Close,
             7 => Tag::Wake,
             8 => Tag::CancelAccept,
+            9 => Tag::SendZc,
             _ => return None,
         })
     }
@@ -98,8 +100,23 @@ pub enum Op {
         buf: *const u8,
         len: u32,
     },
+    /// One write of a run of bytes inside registered (fixed) buffer `index`.
+    SendFixed {
+        key: Key,
+        fd: u32,
+        buf: *const u8,
+        len: u32,
+        index: u16,
+    },
     /// One sendmsg of an iovec array (all frames queued in a turn leave in one send).
     SendMsg {
+        key: Key,
+        fd: u32,
+        msg: *const libc::msghdr,
+    },
+    /// A zero-copy sendmsg (large batches only): two completions, the bytes then a
+    /// notification once the kernel no longer reads the buffers.
+    SendMsgZc {
         key: Key,
         fd: u32,
         msg: *const libc::msghdr,
@@ -133,10 +150,27 @@ impl Op {
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
                 .user_data(user_data(Tag::Send, key)),
+            // write(2) on a socket is send(2) without flags; SIGPIPE is ignored process-wide
+            // (`sys::ignore_sigpipe`) since there is no MSG_NOSIGNAL here. Offset 0: sockets
+            // refuse any other.
+            Op::SendFixed {
+                key,
+                fd,
+                buf,
+                len,
+                index,
+            } => opcode::WriteFixed::new(types::Fixed(fd), buf, len, index)
+                .offset(0)
+                .build()
+                .user_data(user_data(Tag::Send, key)),
             Op::SendMsg { key, fd, msg } => opcode::SendMsg::new(types::Fixed(fd), msg)
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
                 .user_data(user_data(Tag::Send, key)),
+            Op::SendMsgZc { key, fd, msg } => opcode::SendMsgZc::new(types::Fixed(fd), msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(user_data(Tag::SendZc, key)),
             Op::NoDelay { key, fd } => opcode::SetSockOpt::new(
                 types::Fixed(fd),
                 libc::IPPROTO_TCP as u32,
@@ -215,8 +249,17 @@ pub enum Event {
         key: Key,
         result: Sent,
     },
+    /// A zero-copy send: the result (first completion) or the notification (`result: None`);
+    /// `more` says whether another completion follows.
+    SendZc {
+        key: Key,
+        result: Option<Sent>,
+        more: bool,
+    },
+    /// TCP_NODELAY on an accepted socket; `ok` is false if the kernel refused it.
     NoDelay {
         key: Key,
+        ok: bool,
     },
     Shutdown {
         key: Key,
@@ -295,8 +338,19 @@ impl Completion {
                     _ => Sent::PeerGone,
                 },
             },
+            Tag::SendZc => Event::SendZc {
+                key,
+                more,
+                result: match -res {
+                    // The notification: the kernel is done with the buffers.
+                    _ if cqueue::notif(self.flags) => None,
+                    _ if res >= 0 => Some(Sent::Bytes(res as u32)),
+                    // As for Send: the socket is broken.
+                    _ => Some(Sent::PeerGone),
+                },
+            },
             // Failure only costs latency (Nagle); nothing to do either way.
-            Tag::NoDelay => Event::NoDelay { key },
+            Tag::NoDelay => Event::NoDelay { key, ok: res >= 0 },
             // ENOTCONN (peer already gone) and success end the same way: go on to Close.
             Tag::Shutdown => Event::Shutdown { key },
             // Close of a direct descriptor cannot fail in a way we could act on.

@@ -187,6 +187,17 @@ pub fn shutdown_signals() -> libc::sigset_t {
     set
 }
 
+/// Ignores SIGPIPE for the whole process: sends from registered buffers are `write`s, which
+/// have no MSG_NOSIGNAL, and a peer that is gone must cost an EPIPE, not the process.
+pub fn ignore_sigpipe() -> io::Result<()> {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no memory-safety requirement.
+    let old = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    if old == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Blocks SIGINT and SIGTERM in the calling thread (threads spawned later inherit the mask), so
 /// that only the thread waiting in [`wait_signal`] receives them.
 pub fn block_shutdown_signals() -> io::Result<()> {

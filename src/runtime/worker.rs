@@ -19,7 +19,7 @@ use std::sync::mpsc::Sender;
 
 use bytes::Bytes;
 
-use super::buffers::{RecvPool, SendOp, SendQueue};
+use super::buffers::{RecvPool, SendArena, SendOp, SendPool, SendQueue};
 use super::ring::{Accepted, Completion, Event, Key, Op, Received, Ring, Sent};
 use super::slots::{ConnState, Phase, Slot, Slots, TimerKind, flag};
 use super::sys;
@@ -77,6 +77,8 @@ struct Shared {
     publisher: Publisher,
     send_queue_bytes_max: usize,
     policy: BackpressurePolicy,
+    /// Batches of at least this many bytes go out with SEND_ZC (0: never).
+    zc_bytes_min: usize,
 }
 
 impl Shared {
@@ -912,7 +914,7 @@ impl<H: Handler> Engine<H> {
                 add(&self.sh.metrics.bytes_sent, u64::from(n));
                 match q.complete(n as usize) {
                     Some(op) if !dead => {
-                        let op = send_op(key, fd, op);
+                        let op = send_op(key, fd, op, q, self.sh.zc_bytes_min);
                         self.sh.submit(st, op);
                     }
                     Some(_) => q.abort(),
@@ -927,6 +929,34 @@ impl<H: Handler> Engine<H> {
                 }
             }
         }
+    }
+
+    /// A zero-copy send completion: the result is kept until the notification says the kernel
+    /// is done with the buffers; only then is the send finished.
+    fn on_sent_zc(&mut self, key: Key, result: Option<Sent>, more: bool) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let q = slot
+            .st
+            .send
+            .as_mut()
+            .expect("a send completed without a send queue");
+        let result = match result {
+            Some(r) if more => {
+                q.zc_result = Some(match r {
+                    Sent::Bytes(n) => n,
+                    Sent::PeerGone => u32::MAX,
+                });
+                return;
+            }
+            Some(r) => r,
+            None => match q.zc_result.take() {
+                Some(u32::MAX) | None => Sent::PeerGone,
+                Some(n) => Sent::Bytes(n),
+            },
+        };
+        self.on_sent(key, result);
     }
 
     /// End-of-turn work for one touched slot.
@@ -969,7 +999,11 @@ impl<H: Handler> Engine<H> {
         if dead {
             q.discard_queued();
         } else if let Some(op) = q.start() {
-            let op = send_op(key, fd, op);
+            add(&self.sh.metrics.sends, 1);
+            let op = send_op(key, fd, op, q, self.sh.zc_bytes_min);
+            if matches!(op, Op::SendFixed { .. }) {
+                add(&self.sh.metrics.sends_fixed, 1);
+            }
             self.sh.submit(st, op);
             return;
         }
@@ -1150,11 +1184,37 @@ impl<H: Handler> Engine<H> {
     }
 }
 
-fn send_op(key: Key, fd: u32, op: SendOp) -> Op {
+/// The op for the next send of a queue (zero-copy for large batches when enabled).
+fn send_op(key: Key, fd: u32, op: SendOp, q: &mut SendQueue, zc_bytes_min: usize) -> Op {
+    if zc_bytes_min > 0 && q.inflight_bytes() >= zc_bytes_min {
+        return Op::SendMsgZc {
+            key,
+            fd,
+            msg: q.msg(),
+        };
+    }
     match op {
         SendOp::Buf(buf, len) => Op::Send { key, fd, buf, len },
         SendOp::Msg(msg) => Op::SendMsg { key, fd, msg },
+        SendOp::Fixed(buf, len, index) => Op::SendFixed {
+            key,
+            fd,
+            buf,
+            len,
+            index,
+        },
     }
+}
+
+/// The worker's registered send memory; without it (e.g. RLIMIT_MEMLOCK too low) every send
+/// goes out by `send`/`sendmsg`, and the reason is said once.
+fn send_arena(ring: &Ring, cfg: &Config) -> Option<SendArena> {
+    if cfg.send_buffers_per_worker == 0 {
+        return None;
+    }
+    SendArena::new(ring, cfg.send_buffers_per_worker, cfg.send_buffer_bytes)
+        .map_err(|e| eprintln!("ringws: registered send buffers unavailable ({e}); using sendmsg"))
+        .ok()
 }
 
 fn discarded(mut q: Box<SendQueue>) -> Box<SendQueue> {
@@ -1190,7 +1250,7 @@ impl<H: Handler> Worker<H> {
         let sh = Shared {
             worker: setup.id,
             ops: Vec::new(),
-            pool: Default::default(),
+            pool: SendPool::with_arena(send_arena(&ring, &cfg)),
             topics: HashMap::new(),
             deferred: VecDeque::new(),
             dirty: Vec::new(),
@@ -1199,6 +1259,7 @@ impl<H: Handler> Worker<H> {
             publisher: setup.publisher,
             send_queue_bytes_max: cfg.send_queue_bytes_max,
             policy: cfg.backpressure,
+            zc_bytes_min: cfg.send_zc_bytes_min,
         };
         let eng = Engine {
             limits: Limits::from_config(&cfg),
@@ -1287,7 +1348,10 @@ impl<H: Handler> Worker<H> {
                 self.eng.on_recv_end(key, result, more);
             }
             Event::Send { key, result } => self.eng.on_sent(key, result),
-            Event::NoDelay { key } => {
+            Event::SendZc { key, result, more } => self.eng.on_sent_zc(key, result, more),
+            // A refused TCP_NODELAY only costs latency (the listener's setting is inherited
+            // anyway); nothing to do but count the op done.
+            Event::NoDelay { key, ok: _ } => {
                 if let Some(slot) = self.eng.slots.get(key) {
                     slot.st.ops -= 1;
                     self.eng.sh.touch(key, &mut slot.st);
@@ -1331,6 +1395,28 @@ impl<H: Handler> Worker<H> {
     }
 }
 
+impl<H> Worker<H> {
+    /// After a panic (in a handler, or an assertion): the ring is closed and its connections
+    /// end with it, the listener is closed so that SO_REUSEPORT stops routing connections here,
+    /// and every buffer the kernel may still touch is leaked rather than freed.
+    fn abandon(self) {
+        let Worker {
+            ring, recv, eng, ..
+        } = self;
+        drop(ring);
+        std::mem::forget(recv);
+        let Engine {
+            listener,
+            slots,
+            sh,
+            ..
+        } = eng;
+        drop(listener);
+        std::mem::forget(slots);
+        std::mem::forget(sh);
+    }
+}
+
 /// Runs a worker on the calling thread until shutdown. `ready` gets `Ok` once the worker
 /// accepts (or the set-up error).
 pub(crate) fn run<H: Handler>(
@@ -1346,7 +1432,15 @@ pub(crate) fn run<H: Handler>(
         }
     };
     let _ = ready.send(Ok(()));
-    let res = worker.run();
-    worker.finish();
-    res
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+    match res {
+        Ok(res) => {
+            worker.finish();
+            res
+        }
+        Err(panic) => {
+            worker.abandon();
+            std::panic::resume_unwind(panic)
+        }
+    }
 }
