@@ -1,0 +1,319 @@
+//! Helpers for the hardening tests: a seeded RNG, raw frames (valid or not), raw sockets that
+//! reset, the /metrics baseline check, and the server binary as a child process.
+//!
+//! Declared from each `tests/hardening_*.rs` with `#[path = "common/hostile.rs"] mod hostile;`
+//! next to `mod common;`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{READ_TIMEOUT, http};
+
+/// How long the gauges may take to come back to their baseline. A safety net, not a timing
+/// assertion: the close timeout of the configs used here is at most a few seconds.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// xorshift64*: small, seeded, reproducible (the seed is printed by the tests that use it).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// A client frame with any first byte (FIN, RSV and opcode bits as given), masked with `mask`
+/// when given: lets tests send frames the proto encoder refuses to build.
+pub fn raw_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![first];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    let n = payload.len();
+    if n < 126 {
+        out.push(m | n as u8);
+    } else if n <= 0xffff {
+        out.push(m | 126);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(m | 127);
+        out.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    match mask {
+        Some(k) => {
+            out.extend_from_slice(&k);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// A valid upgrade request.
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// A raw TCP connection with the safety-net read timeout.
+pub fn raw_connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(READ_TIMEOUT))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Upgrades a raw connection by hand; the stream is positioned right after the 101 answer.
+pub fn raw_upgrade(addr: SocketAddr) -> io::Result<TcpStream> {
+    let mut s = raw_connect(addr)?;
+    s.write_all(upgrade_request("/").as_bytes())?;
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                String::from_utf8_lossy(&got).into_owned(),
+            ));
+        }
+        got.push(byte[0]);
+    }
+    if !got.starts_with(b"HTTP/1.1 101") {
+        return Err(io::Error::other(String::from_utf8_lossy(&got).into_owned()));
+    }
+    Ok(s)
+}
+
+/// SO_LINGER {on, 0}: dropping the socket then sends RST instead of FIN.
+pub fn linger_zero(s: &TcpStream) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket descriptor and a correctly sized, initialized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt(SO_LINGER): {}",
+        io::Error::last_os_error()
+    );
+}
+
+/// Resets the connection (RST, not FIN).
+pub fn reset(s: TcpStream) {
+    linger_zero(&s);
+    drop(s);
+}
+
+/// A server frame: its first byte (FIN, RSV, opcode) and its payload.
+pub type Frame = (u8, Vec<u8>);
+
+/// Everything the server sends until it ends TCP (EOF or reset), as server frames
+/// `(first byte, payload)`, plus any trailing bytes that did not form a whole frame.
+pub fn read_frames_to_end(s: &mut TcpStream) -> io::Result<(Vec<Frame>, Vec<u8>)> {
+    let mut all = Vec::new();
+    match s.read_to_end(&mut all) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+        Err(e) => return Err(e),
+    }
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let Some((first, payload, len)) = server_frame(&all[at..]) {
+        frames.push((first, payload));
+        at += len;
+    }
+    Ok((frames, all[at..].to_vec()))
+}
+
+/// Parses one unmasked server frame: (first byte, payload, bytes used).
+fn server_frame(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    if b.len() < 2 || b[1] & 0x80 != 0 {
+        return None;
+    }
+    let (len, hdr) = match b[1] & 0x7f {
+        126 => (
+            u16::from_be_bytes(b.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(b.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    let payload = b.get(hdr..hdr + len)?.to_vec();
+    Some((b[0], payload, hdr + len))
+}
+
+/// The close code of a Close frame's payload (1005 when it has none).
+pub fn close_code_of(payload: &[u8]) -> u16 {
+    if payload.len() >= 2 {
+        u16::from_be_bytes([payload[0], payload[1]])
+    } else {
+        1005
+    }
+}
+
+/// All samples of `GET /metrics` as `name{labels}` → value.
+pub fn metrics(addr: SocketAddr) -> HashMap<String, u64> {
+    let text = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap_or_default();
+    if !text.starts_with("HTTP/1.1 200") {
+        return HashMap::new();
+    }
+    parse_metrics(text.split_once("\r\n\r\n").map_or("", |(_, b)| b))
+}
+
+/// Samples of a Prometheus text body as `name{labels}` → value.
+pub fn parse_metrics(body: &str) -> HashMap<String, u64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(n, v)| Some((n.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// The gauges that must come back after every scenario, with their idle values: the /metrics
+/// connection that reads them is itself in the handshake state, with one descriptor and one slab
+/// slot, while it is answered.
+pub const BASELINE: [(&str, u64); 5] = [
+    ("ringws_connections{state=\"handshaking\"}", 1),
+    ("ringws_connections{state=\"open\"}", 0),
+    ("ringws_connections{state=\"closing\"}", 0),
+    ("ringws_fixed_files_in_use", 1),
+    ("ringws_slab_slots", 1),
+];
+
+/// Polls /metrics until every baseline gauge is back (bounded by [`SETTLE`]); the last
+/// differing gauges otherwise.
+pub fn back_to_baseline(addr: SocketAddr) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let m = metrics(addr);
+        let off: Vec<String> = BASELINE
+            .iter()
+            .filter(|(n, want)| m.get(*n) != Some(want))
+            .map(|(n, want)| format!("{n} = {:?} (want {want})", m.get(*n)))
+            .collect();
+        if off.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > SETTLE {
+            return Err(off.join(", "));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts the baseline with the scenario's name in the message.
+pub fn assert_baseline(addr: SocketAddr, scenario: &str) {
+    if let Err(off) = back_to_baseline(addr) {
+        panic!("after {scenario}: leaked: {off}");
+    }
+}
+
+/// Polls until `cond` holds, bounded by `limit`; whether it did.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+/// `ringws serve` as a child process on a free port: the child and its address.
+pub fn spawn_server(extra: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringws"))
+        .args(["serve", "--port", "0", "--no-pin"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ringws starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ws://")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+/// Waits for the child to exit, at most `limit`; its status, or None (then it is killed).
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// CPU time (user + system, in clock ticks) used so far by this process's worker threads.
+pub fn worker_cpu_ticks() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter(|stat| stat.contains("(ringws-w"))
+        .map(|stat| {
+            // Fields after the ")" of the name: state is field 3; utime 14 and stime 15.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| {
+                f.get(i - 3)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            num(14) + num(15)
+        })
+        .sum()
+}

@@ -1,0 +1,258 @@
+//! The client side of `scripts/soak.sh` (ignored in the normal suite: it runs for minutes against
+//! servers the script started). Mixed load until `SOAK_SECS` have passed:
+//! - echo: persistent connections with pipelined messages of random sizes, each checked;
+//! - churn: clients that connect, exchange a few messages and leave (cleanly, or by FIN or
+//!   reset in the middle);
+//! - fanout: subscribers of a pubsub topic and a publisher of numbered messages; every subscriber
+//!   must receive every number, once, in order;
+//! - hostile: slow handshakes, junk handshakes, unmasked and oversized frames, resets mid-frame.
+//!
+//! Any lost, duplicated or reordered message fails it.
+//!
+//! `SOAK_ECHO_ADDR=127.0.0.1:P SOAK_PUBSUB_ADDR=127.0.0.1:Q SOAK_SECS=60 cargo test --release
+//! --test hardening_soak -- --ignored --nocapture`
+mod common;
+#[path = "common/hostile.rs"]
+mod hostile;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use common::{Client, Event};
+use hostile::{Rng, raw_connect, raw_frame, raw_upgrade, reset, upgrade_request};
+
+const MASK: Option<[u8; 4]> = Some([5, 6, 7, 8]);
+
+#[derive(Default)]
+struct Counts {
+    echoed: AtomicU64,
+    sessions: AtomicU64,
+    delivered: AtomicU64,
+    hostile: AtomicU64,
+}
+
+fn env_addr(name: &str) -> SocketAddr {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run scripts/soak.sh"))
+        .parse()
+        .unwrap()
+}
+
+fn payload(rng: &mut Rng, tag: String) -> String {
+    let n = match rng.below(50) {
+        0 => 50_000,
+        1..=9 => 2_000,
+        _ => 100,
+    };
+    let n = rng.below(n) as usize;
+    tag + &"x".repeat(n)
+}
+
+/// Pipelined echo on one connection until `end`; checks every echo.
+fn echo(addr: SocketAddr, id: u64, end: Instant, counts: &Counts) {
+    let mut rng = Rng::new(id + 1);
+    let mut c = Client::connect(addr).unwrap();
+    let mut n = 0u64;
+    while Instant::now() < end {
+        let batch: Vec<String> = (0..1 + rng.below(16))
+            .map(|i| payload(&mut rng, format!("e{id}/{n}/{i}:")))
+            .collect();
+        for m in &batch {
+            c.send_text(m).unwrap();
+        }
+        for m in batch {
+            match c.recv().unwrap() {
+                Event::Text(t) => assert!(t == m, "echo {id}: lost or reordered at {n}"),
+                other => panic!("echo {id}: unexpected {other:?}"),
+            }
+            counts.echoed.fetch_add(1, Relaxed);
+        }
+        n += 1;
+    }
+    c.close(1000, "").unwrap();
+    assert_eq!(c.recv().unwrap(), Event::Close(1000, String::new()));
+    c.read_to_eof().unwrap();
+}
+
+/// Connect, a few messages, leave: cleanly (checked), by FIN, or by reset mid-frame.
+fn churn(addr: SocketAddr, id: u64, end: Instant, counts: &Counts) {
+    let mut rng = Rng::new(0xc0ffee + id);
+    let mut s = 0;
+    while Instant::now() < end {
+        let mut c = Client::connect(addr).unwrap();
+        let msgs: Vec<String> = (0..rng.below(10))
+            .map(|i| payload(&mut rng, format!("c{id}/{s}/{i}:")))
+            .collect();
+        for m in &msgs {
+            c.send_text(m).unwrap();
+        }
+        match rng.below(10) {
+            0..=6 => {
+                for m in msgs {
+                    assert_eq!(c.recv().unwrap(), Event::Text(m), "churn {id}/{s}");
+                    counts.echoed.fetch_add(1, Relaxed);
+                }
+                c.close(1000, "").unwrap();
+                assert_eq!(c.recv().unwrap(), Event::Close(1000, String::new()));
+                c.read_to_eof().unwrap();
+            }
+            7 | 8 => drop(c),
+            _ => {
+                let frame = raw_frame(0x82, &[1u8; 4000], MASK);
+                let _ = c.send_raw(&frame[..1000]);
+                reset(c.stream.try_clone().unwrap());
+            }
+        }
+        counts.sessions.fetch_add(1, Relaxed);
+        s += 1;
+    }
+}
+
+/// A subscriber: every published number, once, in order, until "end N".
+fn subscriber(addr: SocketAddr, id: u64, ready: &AtomicU64, counts: &Counts) -> u64 {
+    let mut c = Client::connect(addr).unwrap();
+    c.send_text("sub soak").unwrap();
+    assert_eq!(c.recv().unwrap(), Event::Text("ok sub soak".into()));
+    ready.fetch_add(1, Relaxed);
+    let mut next = 0u64;
+    loop {
+        match c.recv().unwrap() {
+            Event::Text(t) if t.starts_with("end ") => {
+                assert_eq!(t, format!("end {next}"), "subscriber {id}: lost the tail");
+                break;
+            }
+            Event::Text(t) => {
+                let (num, _) = t.split_once(':').unwrap();
+                assert_eq!(num, next.to_string(), "subscriber {id}: lost or reordered");
+                next += 1;
+                counts.delivered.fetch_add(1, Relaxed);
+            }
+            Event::Ping(_) => {}
+            other => panic!("subscriber {id}: unexpected {other:?}"),
+        }
+    }
+    c.close(1000, "").unwrap();
+    next
+}
+
+/// Publishes numbered messages until `end`, then "end N"; returns N.
+fn publisher(addr: SocketAddr, end: Instant) -> u64 {
+    let mut c = Client::connect(addr).unwrap();
+    let mut n = 0u64;
+    while Instant::now() < end {
+        c.send_text(&format!("pub soak {n}:{}", "f".repeat(200)))
+            .unwrap();
+        n += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    c.send_text(&format!("pub soak end {n}")).unwrap();
+    c.close(1000, "").unwrap();
+    n
+}
+
+/// One round of every hostile peer.
+fn hostile_round(addr: SocketAddr, rng: &mut Rng, counts: &Counts) {
+    // Slow handshakes: a few bytes now, the rest never (the server cuts them at its deadline).
+    let slow: Vec<_> = (0..20)
+        .filter_map(|_| raw_connect(addr).ok())
+        .map(|mut s| {
+            let _ = s.write_all(&upgrade_request("/").as_bytes()[..10]);
+            s
+        })
+        .collect();
+    // Junk instead of a handshake.
+    let mut junk = rng.bytes(500);
+    junk[0] |= 0x80;
+    junk.extend_from_slice(b"\r\n\r\n");
+    let answer = common::http(addr, &String::from_utf8_lossy(&junk)).unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 400"), "junk: {answer}");
+    // An unmasked frame, and a frame claiming 1 GiB.
+    for (bytes, code) in [
+        (raw_frame(0x81, b"unmasked", None), 1002),
+        (
+            [
+                &[0x82u8, 0xff][..],
+                &(1u64 << 30).to_be_bytes(),
+                &[1, 2, 3, 4],
+            ]
+            .concat(),
+            1009,
+        ),
+    ] {
+        let mut c = Client::connect(addr).unwrap();
+        c.send_raw(&bytes).unwrap();
+        assert_eq!(c.recv_close().unwrap().0, code);
+        c.read_to_eof().unwrap();
+    }
+    // A reset in the middle of a frame.
+    if let Ok(mut s) = raw_upgrade(addr) {
+        let _ = s.write_all(&raw_frame(0x82, &[0u8; 3000], MASK)[..700]);
+        reset(s);
+    }
+    // Held past the server's handshake deadline (soak.sh sets it to 2 s).
+    std::thread::sleep(Duration::from_secs(3));
+    drop(slow);
+    counts.hostile.fetch_add(1, Relaxed);
+}
+
+#[test]
+#[ignore = "the soak client: run by scripts/soak.sh against servers it started"]
+fn soak_client() {
+    let echo_addr = env_addr("SOAK_ECHO_ADDR");
+    let pubsub_addr = env_addr("SOAK_PUBSUB_ADDR");
+    let secs: u64 = std::env::var("SOAK_SECS").map_or(60, |s| s.parse().unwrap());
+    let end = Instant::now() + Duration::from_secs(secs);
+    let counts = Arc::new(Counts::default());
+    let mut threads = Vec::new();
+    for id in 0..4 {
+        let counts = counts.clone();
+        threads.push(std::thread::spawn(move || {
+            echo(echo_addr, id, end, &counts)
+        }));
+    }
+    for id in 0..2 {
+        let counts = counts.clone();
+        threads.push(std::thread::spawn(move || {
+            churn(echo_addr, id, end, &counts)
+        }));
+    }
+    {
+        let counts = counts.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut rng = Rng::new(0x4057);
+            while Instant::now() < end {
+                hostile_round(echo_addr, &mut rng, &counts);
+            }
+        }));
+    }
+    let ready = Arc::new(AtomicU64::new(0));
+    let subs: Vec<_> = (0..16)
+        .map(|id| {
+            let (counts, ready) = (counts.clone(), ready.clone());
+            std::thread::spawn(move || subscriber(pubsub_addr, id, &ready, &counts))
+        })
+        .collect();
+    assert!(hostile::eventually(common::READ_TIMEOUT, || ready
+        .load(Relaxed)
+        == 16));
+    let published = publisher(pubsub_addr, end);
+    for s in subs {
+        assert_eq!(s.join().unwrap(), published, "a subscriber lost messages");
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    println!(
+        "soak client: {} echoes checked, {} churn sessions, {} published x 16 subscribers = {} \
+         deliveries, {} hostile rounds, 0 lost",
+        counts.echoed.load(Relaxed),
+        counts.sessions.load(Relaxed),
+        published,
+        counts.delivered.load(Relaxed),
+        counts.hostile.load(Relaxed),
+    );
+    assert_eq!(counts.delivered.load(Relaxed), published * 16);
+}
