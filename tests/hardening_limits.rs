@@ -320,8 +320,6 @@ fn connection_flood_past_the_table_neither_crashes_nor_spins() {
 }
 
 #[test]
-#[ignore = "engine bug: with the fixed-file table full, the multishot accept takes a connection \
-            off the backlog and the kernel closes it (ENFILE) with no answer; see the report"]
 fn connection_flood_past_the_table_drops_no_peer_without_an_answer() {
     assert_eq!(flood_past_the_table(), 0, "peers dropped without a 503");
 }

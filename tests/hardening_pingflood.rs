@@ -23,9 +23,6 @@ fn rss_kib() -> u64 {
 }
 
 #[test]
-#[ignore = "engine bug: pongs bypass send_queue_bytes_max (Ctx::push_control in \
-            src/runtime/worker.rs), so a ping flood from a peer that never reads grows the \
-            server's memory without bound; see the report"]
 fn ping_flood_from_a_peer_that_never_reads_keeps_memory_bounded() {
     let config = Config {
         send_queue_bytes_max: 64 * 1024,

@@ -88,7 +88,9 @@ static ONE: libc::c_int = 1;
 #[derive(Debug, Clone, Copy)]
 pub enum Op {
     /// Multishot accept on the listener into a kernel-chosen direct descriptor.
-    Accept { listener: RawFd },
+    /// Accept into a direct descriptor: multishot while the table has room for a whole backlog
+    /// burst, else one connection at a time.
+    Accept { listener: RawFd, multishot: bool },
     /// Cancels the multishot accept (shutdown).
     CancelAccept,
     /// Multishot receive into buffers of the provided-buffer group.
@@ -134,12 +136,29 @@ pub enum Op {
 impl Op {
     fn entry(self) -> squeue::Entry {
         match self {
-            Op::Accept { listener } => opcode::AcceptMulti::new(types::Fd(listener))
-                // No SOCK_CLOEXEC: the kernel refuses it for direct descriptors (which never
-                // reach an exec anyway).
+            // No SOCK_CLOEXEC: the kernel refuses it for direct descriptors (which never reach
+            // an exec anyway).
+            Op::Accept {
+                listener,
+                multishot: true,
+            } => opcode::AcceptMulti::new(types::Fd(listener))
                 .allocate_file_index(true)
                 .build()
                 .user_data(user_data(Tag::Accept, NO_KEY)),
+            // One connection only: used when the fixed-file table is nearly full, so that the
+            // kernel never takes a connection off the backlog without a slot for it (ENFILE
+            // would drop it with no answer).
+            Op::Accept {
+                listener,
+                multishot: false,
+            } => opcode::Accept::new(
+                types::Fd(listener),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+            .file_index(Some(types::DestinationSlot::auto_target()))
+            .build()
+            .user_data(user_data(Tag::Accept, NO_KEY)),
             Op::CancelAccept => opcode::AsyncCancel::new(user_data(Tag::Accept, NO_KEY))
                 .build()
                 .user_data(user_data(Tag::CancelAccept, NO_KEY)),

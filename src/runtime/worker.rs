@@ -132,11 +132,17 @@ impl Ctx<'_> {
     }
 
     fn push_frame(&mut self, frame: &[u8]) {
-        if frame
-            .first()
-            .is_some_and(|b| b & 0x0f == OpCode::Close as u8)
-        {
+        let opcode = frame.first().map(|b| b & 0x0f);
+        if opcode == Some(OpCode::Close as u8) {
             self.st.set(flag::CLOSE_SENT);
+        }
+        if opcode == Some(OpCode::Pong as u8)
+            && self.st.queued_bytes() + frame.len() > self.sh.send_queue_bytes_max
+        {
+            // A peer that pings and never reads must not grow our memory: past the send
+            // queue limit its Pongs are dropped (§5.5.3 lets us answer only some Pings).
+            add(&self.sh.metrics.backpressure_drops, 1);
+            return;
         }
         self.push_control(frame);
     }
@@ -342,6 +348,12 @@ impl Sink for CtlSink<'_> {
 #[derive(Default)]
 struct AcceptState {
     armed: bool,
+    /// The armed accept is multishot (it may take a whole backlog burst at once).
+    multishot: bool,
+    /// A cancel of the multishot accept was sent (the table is nearly full).
+    cancelling: bool,
+    /// Fixed-file slots in use on this worker.
+    fixed_in_use: u32,
     /// The fixed-file table was full: re-arm once a descriptor is closed.
     paused: bool,
     /// After an unexpected error, re-arm no sooner than this (never spin).
@@ -503,6 +515,7 @@ impl<H: Handler> Engine<H> {
     fn on_accept(&mut self, result: Accepted, more: bool) {
         if !more {
             self.accept.armed = false;
+            self.accept.cancelling = false;
         }
         match result {
             Accepted::Socket(fd) => self.on_socket(fd),
@@ -516,6 +529,7 @@ impl<H: Handler> Engine<H> {
     }
 
     fn on_socket(&mut self, fd: u32) {
+        self.accept.fixed_in_use += 1;
         add(&self.sh.metrics.fixed_files, 1);
         add(&self.sh.metrics.slab_slots, 1);
         add(&self.sh.metrics.handshaking, 1);
@@ -895,6 +909,7 @@ impl<H: Handler> Engine<H> {
 
     fn on_close_done(&mut self, key: Key) {
         dec(&self.sh.metrics.fixed_files);
+        self.accept.fixed_in_use -= 1;
         self.accept.paused = false;
         let Some(slot) = self.slots.get(key) else {
             return;
@@ -1182,11 +1197,29 @@ impl<H: Handler> Engine<H> {
             dirty.clear();
             self.dirty = dirty;
         }
-        let a = &self.accept;
-        if !a.armed && !a.paused && self.now_ms >= a.retry_at_ms && self.stop_at_ms.is_none() {
-            self.accept.armed = true;
+        self.arm_accept();
+    }
+
+    /// Keeps one accept armed: multishot while the fixed-file table has room for a whole
+    /// backlog burst (a multishot accept may take all of it in one go), one connection at a
+    /// time below that, and none while the table is full, so no connection is ever taken off
+    /// the backlog without a slot to answer it from.
+    fn arm_accept(&mut self) {
+        let table = self.cfg.connections_per_worker_max + SPARE_FIXED_FILES;
+        let free = table.saturating_sub(self.accept.fixed_in_use);
+        let multishot = free > self.cfg.listen_backlog + SPARE_FIXED_FILES;
+        let a = &mut self.accept;
+        if a.armed && a.multishot && !multishot && !a.cancelling {
+            a.cancelling = true;
+            self.sh.ops.push(Op::CancelAccept);
+        }
+        let ready = free > 0 && self.now_ms >= a.retry_at_ms && self.stop_at_ms.is_none();
+        if !a.armed && !a.paused && ready {
+            a.armed = true;
+            a.multishot = multishot;
             self.sh.ops.push(Op::Accept {
                 listener: self.listener.as_raw_fd(),
+                multishot,
             });
         }
     }
