@@ -32,9 +32,9 @@ ROOT=$(pwd)
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
+        -h|--help|help) sed -n '2,27p' "$0"; exit 0 ;;
         --*=*) k=${1%%=*}; v=${1#*=}; shift ;;
         --*) k=$1; v=${2:?"$1 needs a value"}; shift 2 ;;
-        -h|help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     k=${k#--}; k=${k^^}; k=${k//-/_}
