@@ -42,7 +42,12 @@ pub struct RecvPool {
 impl RecvPool {
     /// Allocates `count` buffers of `buffer_bytes` (count a power of two) and registers them as
     /// buffer group `group` of `ring`.
-    pub fn new(ring: &Ring, group: u16, count: u16, buffer_bytes: u32) -> io::Result<RecvPool> {
+    pub fn new(
+        submitter: &io_uring::Submitter<'_>,
+        group: u16,
+        count: u16,
+        buffer_bytes: u32,
+    ) -> io::Result<RecvPool> {
         assert!(count.is_power_of_two() && count <= 1 << 15);
         let entries_layout =
             Layout::from_size_align(usize::from(count) * mem::size_of::<BufRingEntry>(), 4096)
@@ -73,7 +78,7 @@ impl RecvPool {
         // SAFETY: the entry array is page aligned, `count` entries long, and lives until `pool`
         // is dropped; the worker drops the pool only after the ring is quiescent or gone.
         unsafe {
-            ring.submitter().register_buf_ring_with_flags(
+            submitter.register_buf_ring_with_flags(
                 pool.entries.as_ptr() as u64,
                 count,
                 group,
@@ -83,7 +88,7 @@ impl RecvPool {
         for bid in 0..count {
             pool.put(bid);
         }
-        pool.publish_tail();
+        pool.publish();
         Ok(pool)
     }
 
@@ -107,7 +112,8 @@ impl RecvPool {
     }
 
     /// Makes the entries written so far visible to the kernel.
-    fn publish_tail(&self) {
+    /// Makes every buffer put back so far visible to the kernel.
+    pub fn publish(&self) {
         // SAFETY: `entries` is the base of the registered ring and its entries are initialised.
         let tail = unsafe { BufRingEntry::tail(self.entries.as_ptr()) };
         // SAFETY: the tail field is a naturally aligned u16 shared with the kernel, which only
@@ -134,7 +140,13 @@ impl RecvPool {
     /// Returns buffer `bid` to the kernel.
     pub fn give_back(&mut self, bid: u16) {
         self.put(bid);
-        self.publish_tail();
+        self.publish();
+    }
+
+    /// Puts buffer `bid` back without publishing it yet (a caller that returns many buffers in
+    /// one turn publishes once, with [`RecvPool::publish`]).
+    pub fn put_back(&mut self, bid: u16) {
+        self.put(bid);
     }
 }
 

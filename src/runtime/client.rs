@@ -21,15 +21,15 @@
 //! completions of an earlier attempt are recognised as stale.
 
 use std::io;
-use std::mem;
-use std::ptr::NonNull;
+use std::mem::{self, ManuallyDrop};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Instant;
 
-use io_uring::types::{BufRingEntry, DestinationSlot, Fixed, SubmitArgs, Timespec};
+use io_uring::types::{DestinationSlot, Fixed, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 
+use super::buffers::RecvPool;
 use crate::load::args::Scenario;
 use crate::load::payload;
 use crate::load::report::Errors;
@@ -191,103 +191,10 @@ pub struct Outcome {
 // Provided-buffer ring
 // ---------------------------------------------------------------------------------------------
 
-/// Receive buffers shared with the kernel as one buffer group.
-struct BufRing {
-    entries: NonNull<BufRingEntry>,
-    memory: NonNull<u8>,
-    buffer_bytes: u32,
-    count: u16,
-    tail: u16,
-}
-
-impl BufRing {
-    fn new(ring: &IoUring, count: u16, buffer_bytes: u32) -> io::Result<BufRing> {
-        assert!(count.is_power_of_two() && buffer_bytes > 0);
-        let entries_layout = std::alloc::Layout::from_size_align(usize::from(count) * 16, 4096)
-            .map_err(io::Error::other)?;
-        let memory_layout =
-            std::alloc::Layout::from_size_align(usize::from(count) * buffer_bytes as usize, 64)
-                .map_err(io::Error::other)?;
-        // SAFETY: both layouts have a non-zero size (count >= 1, buffer_bytes >= 1).
-        let (entries, memory) = unsafe {
-            (
-                std::alloc::alloc_zeroed(entries_layout),
-                std::alloc::alloc_zeroed(memory_layout),
-            )
-        };
-        let (Some(entries), Some(memory)) = (NonNull::new(entries), NonNull::new(memory)) else {
-            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
-        };
-        let mut bufs = BufRing {
-            entries: entries.cast(),
-            memory,
-            buffer_bytes,
-            count,
-            tail: 0,
-        };
-        // SAFETY: the entry array is page aligned, `count` entries of 16 bytes, and is never freed
-        // (see Drop), so it outlives the registration.
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                entries.as_ptr() as u64,
-                count,
-                BUF_GROUP,
-                0,
-            )?;
-        }
-        for bid in 0..count {
-            bufs.put(bid);
-        }
-        bufs.publish();
-        Ok(bufs)
-    }
-
-    /// Writes buffer `bid` into the next entry; the kernel sees it after `publish`.
-    fn put(&mut self, bid: u16) {
-        assert!(bid < self.count);
-        let slot = usize::from(self.tail & (self.count - 1));
-        // SAFETY: `slot < count`, inside the entry array; the kernel reads only entries before the
-        // published tail, and this one is at or past it.
-        let entry = unsafe { &mut *self.entries.as_ptr().add(slot) };
-        // SAFETY: `bid < count`, so the buffer lies inside `memory`.
-        let addr = unsafe {
-            self.memory
-                .as_ptr()
-                .add(usize::from(bid) * self.buffer_bytes as usize)
-        };
-        entry.set_addr(addr as u64);
-        entry.set_len(self.buffer_bytes);
-        entry.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    fn publish(&self) {
-        // SAFETY: `entries` is the base of the registered ring; its entries are initialised.
-        let tail = unsafe { BufRingEntry::tail(self.entries.as_ptr()) };
-        // SAFETY: the tail is a naturally aligned u16 the kernel only reads; Release orders the
-        // entry writes before it.
-        unsafe { (*(tail as *const AtomicU16)).store(self.tail, Ordering::Release) };
-    }
-
-    /// The bytes the kernel wrote into buffer `bid`.
-    fn buffer(&mut self, bid: u16, len: u32) -> &mut [u8] {
-        assert!(bid < self.count && len <= self.buffer_bytes);
-        // SAFETY: in bounds (checked above). The kernel handed this buffer over in a completion
-        // and does not touch it until `put` gives it back; `&mut self` makes this the only view.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.memory
-                    .as_ptr()
-                    .add(usize::from(bid) * self.buffer_bytes as usize),
-                len as usize,
-            )
-        }
-    }
-}
-
-// The memory is deliberately never freed: a receive still armed when the worker returns may be
-// completed by the kernel while the ring is torn down asynchronously. A run's buffers are a few
-// MiB per worker and the process exits right after.
+// The receive buffers are the runtime's provided-buffer ring (`buffers::RecvPool`), held in a
+// `ManuallyDrop`: their memory is deliberately never freed, because a receive still armed when
+// the worker returns may be completed by the kernel while the ring is torn down asynchronously.
+// A run's buffers are a few MiB per worker and the process exits right after.
 
 // ---------------------------------------------------------------------------------------------
 // Connections
@@ -502,7 +409,7 @@ struct Local {
 
 struct Worker {
     ring: IoUring,
-    bufs: BufRing,
+    bufs: ManuallyDrop<RecvPool>,
     conns: Vec<Conn>,
     /// Connections with bytes queued since their last send.
     dirty: Vec<u32>,
@@ -569,7 +476,7 @@ impl Worker {
             .build(4096)?;
         ring.submitter().register_files_sparse(slots.max(1))?;
         let (count, bytes) = recv_buffers(&plan, slots);
-        let bufs = BufRing::new(&ring, count, bytes)?;
+        let bufs = ManuallyDrop::new(RecvPool::new(&ring.submitter(), BUF_GROUP, count, bytes)?);
         let mut random = Random::new();
         // Once: `Limits::default()` builds a whole `Config`, which asks the OS for the core count.
         let limits = Limits::default();
@@ -899,7 +806,7 @@ impl Worker {
     fn stale(&mut self, op: u8, i: u32, flags: u32) {
         if op == OP_RECV {
             if let Some(bid) = cqueue::buffer_select(flags) {
-                self.bufs.put(bid);
+                self.bufs.put_back(bid);
             }
         } else if op == OP_SEND {
             let c = &mut self.conns[i as usize];
@@ -1007,7 +914,7 @@ impl Worker {
                 now_ns,
                 &mut self.out,
             );
-            self.bufs.put(bid);
+            self.bufs.put_back(bid);
             self.after_data(i, outcome, now_ns)?;
         } else if res == -libc::ENOBUFS {
             self.out.recv_enobufs += 1;

@@ -1301,7 +1301,7 @@ impl<H: Handler> Worker<H> {
             io::Error::new(e.kind(), format!("registering {table} fixed files: {e}"))
         })?;
         let recv = RecvPool::new(
-            &ring,
+            &ring.submitter(),
             RECV_GROUP,
             cfg.recv_buffers_per_worker,
             cfg.recv_buffer_bytes,
