@@ -350,9 +350,10 @@ impl Connection {
         }
         if !m.gathering {
             m.gathering = true;
+            // Grown by what actually arrives, never by what a header claims: a peer must not make
+            // the server reserve memory with a 15-byte frame header.
             self.reassembly = sink.take_buffer();
             self.reassembly.clear();
-            self.reassembly.reserve(m.bytes.min(64 * 1024) as usize);
         }
         self.reassembly.extend_from_slice(chunk);
         self.message = Some(m);
