@@ -2,8 +2,6 @@
 //! the trace. Needs `strace` (apt); set RINGWS_SKIP_STRACE=1 to skip where it cannot run.
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use common::{Client, Event};
@@ -32,16 +30,7 @@ fn server_makes_no_epoll_call() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("strace runs (apt-get install strace, or set RINGWS_SKIP_STRACE=1)");
-    let mut line = String::new();
-    BufReader::new(strace.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ws://")
-        .unwrap_or_else(|| panic!("{line}"))
-        .parse()
-        .unwrap();
+    let addr = common::listen_addr(&mut strace);
     let mut clients: Vec<Client> = (0..8).map(|_| Client::connect(addr).unwrap()).collect();
     for c in &mut clients {
         c.send_binary(&[1, 2, 3]).unwrap();

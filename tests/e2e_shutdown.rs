@@ -1,8 +1,6 @@
 //! Graceful shutdown of the real binary: SIGTERM → every client gets Close 1001 → exit 0.
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use common::{Client, Event};
@@ -23,16 +21,7 @@ fn sigterm_sends_1001_to_everyone_and_exits_0() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ws://")
-        .unwrap_or_else(|| panic!("{line}"))
-        .parse()
-        .unwrap();
+    let addr = common::listen_addr(&mut child);
     let mut clients: Vec<Client> = (0..50).map(|_| Client::connect(addr).unwrap()).collect();
     for (i, c) in clients.iter_mut().enumerate() {
         c.send_text(&i.to_string()).unwrap();
@@ -72,16 +61,7 @@ fn sigterm_with_a_client_that_never_reads_still_exits_0() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ws://")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = common::listen_addr(&mut child);
     let mut stuck = Client::connect(addr).unwrap();
     // Fill the server's send queue towards this client (it never reads).
     let big = vec![0u8; 1 << 20];

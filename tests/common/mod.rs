@@ -3,8 +3,9 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::Child;
 use std::time::Duration;
 
 use ringws::proto::connection::{Connection, Limits, MessageKind, Role, Sink};
@@ -263,4 +264,18 @@ pub fn serve<H: Handler>(
     factory: impl Fn(WorkerId) -> H + Send + Sync + 'static,
 ) -> ServerHandle {
     ringws::start("127.0.0.1:0".parse().unwrap(), config, factory).expect("server starts")
+}
+
+/// The address from the `listening on ws://ADDR` line that a spawned `ringws serve` prints first
+/// on its stdout (taken from `child`, which must have been spawned with a piped stdout).
+pub fn listen_addr(child: &mut Child) -> SocketAddr {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout is piped"))
+        .read_line(&mut line)
+        .unwrap();
+    line.trim()
+        .strip_prefix("listening on ws://")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .parse()
+        .unwrap()
 }
