@@ -12,6 +12,11 @@ pub const MESSAGE_BYTES_MAX_DEFAULT: u64 = 16 * 1024 * 1024;
 /// Default of [`Config::message_fragments_max`].
 pub const MESSAGE_FRAGMENTS_MAX_DEFAULT: u32 = 1 << 20;
 
+/// Default of [`Config::deflate_compress_bytes_min`] (see docs/BENCHMARKS.md, permessage-deflate).
+pub const DEFLATE_COMPRESS_BYTES_MIN_DEFAULT: usize = 128;
+/// Default of [`Config::deflate_level`] (see docs/BENCHMARKS.md, permessage-deflate).
+pub const DEFLATE_LEVEL_DEFAULT: u8 = 1;
+
 /// What to do when a connection's send queue is over `send_queue_bytes_max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackpressurePolicy {
@@ -73,6 +78,23 @@ pub struct Config {
     pub origins_allowed: Vec<String>,
     /// Pin worker i to core i mod cores.
     pub pin_workers: bool,
+    /// Negotiate permessage-deflate (RFC 7692) when a client offers it. The server always
+    /// compresses without context takeover (one compressor per worker; a broadcast is
+    /// compressed once), so an idle connection holds no zlib state.
+    pub deflate: bool,
+    /// Let clients keep their LZ77 window across messages. Off by default: each such connection
+    /// then holds its own inflater (~44 KiB) for its whole life, which a million connections
+    /// cannot afford; off, ringws answers `client_no_context_takeover` and inflates every
+    /// client message with one inflater per worker.
+    pub deflate_client_context_takeover: bool,
+    /// With client context takeover, the largest client window (8–15) ringws asks for when
+    /// the offer allows it (a smaller window, a smaller inflater).
+    pub deflate_client_window_bits_max: u8,
+    /// Messages shorter than this are sent uncompressed (RSV1 clear) even to a connection that
+    /// agreed to deflate: below it, compressing costs more CPU than the bytes it saves.
+    pub deflate_compress_bytes_min: usize,
+    /// zlib compression level for sent messages, 0–9.
+    pub deflate_level: u8,
 }
 
 impl Default for Config {
@@ -100,6 +122,11 @@ impl Default for Config {
             ring_entries: 4096,
             origins_allowed: Vec::new(),
             pin_workers: true,
+            deflate: true,
+            deflate_client_context_takeover: false,
+            deflate_client_window_bits_max: 15,
+            deflate_compress_bytes_min: DEFLATE_COMPRESS_BYTES_MIN_DEFAULT,
+            deflate_level: DEFLATE_LEVEL_DEFAULT,
         }
     }
 }
@@ -197,7 +224,22 @@ impl Config {
             "ring_entries",
             "must be a power of two, at least 64",
         )?;
+        check(self.deflate_level <= 9, "deflate_level", "must be 0..=9")?;
+        check(
+            (8..=15).contains(&self.deflate_client_window_bits_max),
+            "deflate_client_window_bits_max",
+            "must be 8..=15",
+        )?;
         Ok(())
+    }
+
+    /// What the handshake may agree to for permessage-deflate.
+    pub fn deflate_policy(&self) -> crate::proto::deflate::DeflatePolicy {
+        crate::proto::deflate::DeflatePolicy {
+            enabled: self.deflate,
+            client_context_takeover: self.deflate_client_context_takeover,
+            client_window_bits_max: self.deflate_client_window_bits_max,
+        }
     }
 }
 

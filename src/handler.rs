@@ -4,6 +4,8 @@
 //! One handler instance runs per worker, built on the worker's thread by a factory
 //! `Fn(WorkerId) -> H`; it needs neither `Send` nor locks.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -148,8 +150,8 @@ pub(crate) trait ConnOps {
     fn close(&mut self, code: u16, reason: &str);
     fn subscribe(&mut self, topic: &str);
     fn unsubscribe(&mut self, topic: &str);
-    fn publish(&mut self, topic: &str, frame: Bytes);
-    fn broadcast(&mut self, frame: Bytes);
+    fn publish(&mut self, topic: &str, frame: Frame);
+    fn broadcast(&mut self, frame: Frame);
     fn queued_bytes(&self) -> usize;
     fn publisher(&self) -> &Publisher;
 }
@@ -202,12 +204,14 @@ impl<'a> Conn<'a> {
     /// Sends `msg` to every subscriber of `topic` on every worker (this connection included if
     /// subscribed). The frame is encoded once.
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) {
-        self.ops.publish(topic, encode_shared(msg));
+        let frame = self.ops.publisher().encode(msg);
+        self.ops.publish(topic, frame);
     }
 
     /// Sends `msg` to every open connection on every worker. The frame is encoded once.
     pub fn broadcast(&mut self, msg: Message<'_>) {
-        self.ops.broadcast(encode_shared(msg));
+        let frame = self.ops.publisher().encode(msg);
+        self.ops.broadcast(frame);
     }
 
     /// Bytes queued for this connection and not yet sent.
@@ -232,14 +236,85 @@ pub(crate) fn encode_shared(msg: Message<'_>) -> Bytes {
     Bytes::from(out)
 }
 
+/// A message framed once for many connections: the plain frame, and the compressed one
+/// (permessage-deflate, no context takeover, 15-bit window) when it was worth making.
+#[derive(Clone, Debug)]
+pub(crate) struct Frame {
+    pub plain: Bytes,
+    pub deflated: Option<Bytes>,
+}
+
+impl Frame {
+    /// The frame for a connection that agreed to deflate with `window_bits` (0: not agreed).
+    pub(crate) fn for_window(&self, window_bits: u8) -> &Bytes {
+        match &self.deflated {
+            Some(d) if window_bits == crate::proto::deflate::WINDOW_BITS_MAX => d,
+            _ => &self.plain,
+        }
+    }
+}
+
+/// How shared frames are compressed, and whether anyone would read a compressed one.
+pub(crate) struct SharedDeflate {
+    pub enabled: bool,
+    pub level: u8,
+    pub bytes_min: usize,
+    /// Open connections (all workers) that take 15-bit-window compressed frames. While it is
+    /// 0, shared frames are not compressed at all.
+    pub receivers: AtomicUsize,
+}
+
+impl SharedDeflate {
+    pub(crate) fn from_config(cfg: &crate::config::Config) -> SharedDeflate {
+        SharedDeflate {
+            enabled: cfg.deflate,
+            level: cfg.deflate_level,
+            bytes_min: cfg.deflate_compress_bytes_min,
+            receivers: AtomicUsize::new(0),
+        }
+    }
+}
+
+thread_local! {
+    /// The compressor for shared frames on this thread (a worker, or a thread that publishes).
+    static SHARED_DEFLATER: RefCell<Option<crate::proto::deflate::Deflater>> =
+        const { RefCell::new(None) };
+}
+
+/// Compresses `payload` once for every receiver (15-bit window, empty window first) into a whole
+/// frame with RSV1. None if compressing would not make it smaller.
+fn encode_deflated(msg: Message<'_>, level: u8) -> Option<Bytes> {
+    use crate::proto::deflate::{Deflater, WINDOW_BITS_MAX};
+    let payload = msg.payload();
+    let mut out = Vec::with_capacity(payload.len() / 2 + frame::HEADER_BYTES_MAX + 64);
+    out.resize(frame::HEADER_BYTES_MAX, 0);
+    SHARED_DEFLATER.with_borrow_mut(|d| {
+        d.get_or_insert_with(|| Deflater::new(level, WINDOW_BITS_MAX))
+            .compress_message(payload, &mut out)
+    });
+    let body = out.len() - frame::HEADER_BYTES_MAX;
+    if body >= payload.len() {
+        return None;
+    }
+    let opcode = match msg {
+        Message::Text(_) => OpCode::Text,
+        Message::Binary(_) => OpCode::Binary,
+    };
+    let mut hdr = [0u8; frame::HEADER_BYTES_MAX];
+    let n = frame::encode_header(&mut hdr, true, 0b100, opcode, body as u64, None);
+    let start = frame::HEADER_BYTES_MAX - n;
+    out[start..frame::HEADER_BYTES_MAX].copy_from_slice(&hdr[..n]);
+    Some(Bytes::from(out).slice(start..))
+}
+
 /// Work handed to a worker by other threads.
 pub(crate) enum Mail {
     /// A frame for one connection.
-    Send(ConnId, Bytes),
+    Send(ConnId, Frame),
     /// A frame for every subscriber of a topic.
-    Publish(Arc<str>, Bytes),
+    Publish(Arc<str>, Frame),
     /// A frame for every open connection.
-    Broadcast(Bytes),
+    Broadcast(Frame),
     /// Start the graceful shutdown.
     Shutdown,
 }
@@ -288,11 +363,29 @@ impl Mailbox {
 #[derive(Clone)]
 pub struct Publisher {
     mailboxes: Arc<[Mailbox]>,
+    deflate: Arc<SharedDeflate>,
 }
 
 impl Publisher {
-    pub(crate) fn new(mailboxes: Arc<[Mailbox]>) -> Publisher {
-        Publisher { mailboxes }
+    pub(crate) fn new(mailboxes: Arc<[Mailbox]>, deflate: Arc<SharedDeflate>) -> Publisher {
+        Publisher { mailboxes, deflate }
+    }
+
+    pub(crate) fn deflate(&self) -> &SharedDeflate {
+        &self.deflate
+    }
+
+    /// Frames `msg` once, plain, and compressed too if some connection would take it.
+    pub(crate) fn encode(&self, msg: Message<'_>) -> Frame {
+        let d = &*self.deflate;
+        let deflated =
+            (d.enabled && msg.payload().len() >= d.bytes_min && d.receivers.load(Relaxed) > 0)
+                .then(|| encode_deflated(msg, d.level))
+                .flatten();
+        Frame {
+            plain: encode_shared(msg),
+            deflated,
+        }
     }
 
     pub(crate) fn mailbox(&self, worker: WorkerId) -> &Mailbox {
@@ -302,21 +395,21 @@ impl Publisher {
     /// Sends `msg` to connection `id` (dropped if it is gone or closing).
     pub fn send(&self, id: ConnId, msg: Message<'_>) {
         if let Some(m) = self.mailboxes.get(id.worker()) {
-            m.post(Mail::Send(id, encode_shared(msg)));
+            m.post(Mail::Send(id, self.encode(msg)));
         }
     }
 
     /// Sends `msg` to every subscriber of `topic`.
     pub fn publish(&self, topic: &str, msg: Message<'_>) {
-        self.publish_frame(topic, encode_shared(msg), None);
+        self.publish_frame(topic, self.encode(msg), None);
     }
 
     /// Sends `msg` to every open connection.
     pub fn broadcast(&self, msg: Message<'_>) {
-        self.broadcast_frame(encode_shared(msg), None);
+        self.broadcast_frame(self.encode(msg), None);
     }
 
-    pub(crate) fn publish_frame(&self, topic: &str, frame: Bytes, skip: Option<WorkerId>) {
+    pub(crate) fn publish_frame(&self, topic: &str, frame: Frame, skip: Option<WorkerId>) {
         let topic: Arc<str> = Arc::from(topic);
         for (i, m) in self.mailboxes.iter().enumerate() {
             if Some(i) != skip {
@@ -325,7 +418,7 @@ impl Publisher {
         }
     }
 
-    pub(crate) fn broadcast_frame(&self, frame: Bytes, skip: Option<WorkerId>) {
+    pub(crate) fn broadcast_frame(&self, frame: Frame, skip: Option<WorkerId>) {
         for (i, m) in self.mailboxes.iter().enumerate() {
             if Some(i) != skip {
                 m.post(Mail::Broadcast(frame.clone()));
@@ -363,5 +456,39 @@ mod tests {
         let b = encode_shared(Message::Binary(&big));
         assert_eq!(&b[..4], &[0x82, 126, 1, 44]);
         assert_eq!(b.len(), 304);
+    }
+
+    #[test]
+    fn shared_frames_are_compressed_once_when_someone_takes_them() {
+        use crate::proto::deflate::Inflater;
+        let cfg = crate::config::Config::default();
+        let p = Publisher::new(
+            Arc::from(Vec::new()),
+            Arc::new(SharedDeflate::from_config(&cfg)),
+        );
+        let json =
+            r#"{"symbol":"BTC-USD","price":"43127.55","size":"0.0021","side":"buy"}"#.repeat(4);
+        // Nobody takes compressed frames: none is made.
+        assert!(p.encode(Message::Text(&json)).deflated.is_none());
+        p.deflate().receivers.fetch_add(1, Relaxed);
+        let f = p.encode(Message::Text(&json));
+        let d = f.deflated.clone().expect("compressed");
+        assert_eq!(d[0], 0xc1, "FIN + RSV1 + text");
+        let (len, hdr) = match d[1] {
+            126 => (u16::from_be_bytes([d[2], d[3]]) as usize, 4),
+            n => (n as usize, 2),
+        };
+        assert_eq!(d.len(), hdr + len);
+        assert!(d.len() < f.plain.len());
+        let mut out = Vec::new();
+        Inflater::new()
+            .inflate_message(&d[hdr..], &mut out, 1 << 20, true)
+            .unwrap();
+        assert_eq!(out, json.as_bytes());
+        assert_eq!(f.for_window(15), &d);
+        assert_eq!(f.for_window(12), &f.plain);
+        assert_eq!(f.for_window(0), &f.plain);
+        // Below the threshold: plain only.
+        assert!(p.encode(Message::Text("short")).deflated.is_none());
     }
 }

@@ -14,6 +14,9 @@
 //! | `ringws_http_responses_total{status}` | counter | non-101 HTTP answers (4xx, 503, 200 for /metrics) |
 //! | `ringws_sends_total` | counter | socket sends submitted |
 //! | `ringws_sends_fixed_total` | counter | sends written from registered (fixed) buffers |
+//! | `ringws_deflate_connections` | gauge | open connections that agreed to permessage-deflate |
+//! | `ringws_messages_deflated_total` | counter | sent messages that went out compressed (a shared frame counts once per recipient) |
+//! | `ringws_messages_inflated_total` | counter | received messages that arrived compressed |
 //! | `ringws_fixed_files_in_use` | gauge | direct descriptors (fixed-file slots) in use |
 //! | `ringws_slab_slots` | gauge | connection slots in use in the slabs |
 //! | `ringws_workers` | gauge | worker threads |
@@ -48,6 +51,10 @@ pub struct WorkerMetrics {
     pub sends: AtomicU64,
     pub sends_fixed: AtomicU64,
     pub slab_slots: AtomicU64,
+    /// Open connections with permessage-deflate agreed.
+    pub deflate_connections: AtomicU64,
+    pub messages_deflated: AtomicU64,
+    pub messages_inflated: AtomicU64,
 }
 
 /// Adds `n` to a counter (relaxed: only the owning worker writes).
@@ -144,7 +151,28 @@ impl Metrics {
             "closing",
             sum(ws, |w| &w.closing),
         );
-        let counters: [(&str, &str, u64); 8] = [
+        header(
+            &mut out,
+            "ringws_deflate_connections",
+            "gauge",
+            "Open connections that agreed to permessage-deflate.",
+        );
+        let _ = writeln!(
+            out,
+            "ringws_deflate_connections {}",
+            sum(ws, |w| &w.deflate_connections)
+        );
+        let counters: [(&str, &str, u64); 10] = [
+            (
+                "ringws_messages_deflated_total",
+                "Data messages sent compressed (permessage-deflate).",
+                sum(ws, |w| &w.messages_deflated),
+            ),
+            (
+                "ringws_messages_inflated_total",
+                "Data messages received compressed (permessage-deflate).",
+                sum(ws, |w| &w.messages_inflated),
+            ),
             (
                 "ringws_sends_total",
                 "Socket sends submitted (one per connection per loop turn at most).",

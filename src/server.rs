@@ -87,7 +87,8 @@ where
     let mailboxes = (0..config.workers)
         .map(|_| sys::eventfd().map(Mailbox::new))
         .collect::<io::Result<Vec<_>>>()?;
-    let publisher = Publisher::new(mailboxes.into());
+    let deflate = Arc::new(crate::handler::SharedDeflate::from_config(&config));
+    let publisher = Publisher::new(mailboxes.into(), deflate);
     let per_worker: Vec<_> = (0..config.workers)
         .map(|_| Arc::new(WorkerMetrics::default()))
         .collect();

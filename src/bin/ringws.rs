@@ -25,6 +25,10 @@ const USAGE: &str = "usage: ringws serve [options]
   --max-message-bytes N           largest message and frame (default 16 MiB)
   --send-queue-bytes-max N        per-connection send queue limit (default 32 MiB)
   --send-zc-bytes-min N           SENDMSG_ZC for batches of N bytes or more (default 0: off)
+  --no-deflate                    never agree to permessage-deflate (default: agree when offered)
+  --deflate-level N               zlib level 0-9 for compressed sends (default 1)
+  --deflate-bytes-min N           send messages under N bytes uncompressed (default 128)
+  --deflate-client-takeover       let clients keep their window (a ~44 KiB inflater each)
   --backpressure close|drop       past the send queue limit (default close, with 1008)
   --origin ORIGIN                 allow this Origin (repeatable; default: any)
   --recv-buffers N                receive buffers per worker (power of two)
@@ -90,6 +94,10 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--send-queue-bytes-max" => c.send_queue_bytes_max = num(&flag, it.next())?,
             "--send-zc-bytes-min" => c.send_zc_bytes_min = num(&flag, it.next())?,
+            "--no-deflate" => c.deflate = false,
+            "--deflate-level" => c.deflate_level = num(&flag, it.next())?,
+            "--deflate-bytes-min" => c.deflate_compress_bytes_min = num(&flag, it.next())?,
+            "--deflate-client-takeover" => c.deflate_client_context_takeover = true,
             "--backpressure" => {
                 c.backpressure = match it.next().as_deref() {
                     Some("close") => BackpressurePolicy::Close,

@@ -7,6 +7,13 @@
 //! after it, so an idle connection holds none. A frame header split across buffers waits in a
 //! 14-byte spill inside the connection.
 //!
+//! With permessage-deflate agreed (RFC 7692, [`Connection::set_deflate`]), a message whose first
+//! frame has RSV1 set is gathered compressed (in place if it is whole in one buffer), inflated at
+//! its end into a lent buffer, capped at `message_bytes_max` (→ 1009), validated (text) and
+//! delivered. The inflater is lent by the sink (one per worker) unless the peer keeps its window
+//! across messages, in which case the connection holds its own, made at the first compressed
+//! message.
+//!
 //! States (RFC 6455 §7):
 //!
 //! | state   | how it is entered                                     | data may be sent |
@@ -20,6 +27,7 @@
 //! and the connection is Closed: per §7.1.7 no further input is processed. In Closed the runtime
 //! closes TCP (the server first, §7.1.1).
 
+use super::deflate::Inflater;
 use super::error::{ProtoError, close_code};
 use super::frame::{self, CONTROL_PAYLOAD_MAX, FrameHeader, HEADER_BYTES_MAX, HeaderParse, OpCode};
 use super::mask::unmask;
@@ -97,7 +105,30 @@ pub trait Sink {
     }
     /// The buffer from [`Sink::take_buffer`] once its message was delivered (cleared).
     fn give_buffer(&mut self, _buf: Vec<u8>) {}
+    /// An inflater for one compressed message from an empty window (no context takeover). A
+    /// runtime lends one per worker; the default makes a new one each time.
+    fn take_inflater(&mut self) -> Box<Inflater> {
+        Box::default()
+    }
+    /// The inflater from [`Sink::take_inflater`], after its message.
+    #[allow(clippy::boxed_local)] // a runtime keeps the box to lend it again
+    fn give_inflater(&mut self, _inflater: Box<Inflater>) {}
 }
+
+/// RSV1, the permessage-deflate bit, as `FrameHeader::rsv` holds it.
+const RSV1: u8 = 0b100;
+
+/// permessage-deflate as agreed for one connection, seen from this endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deflate {
+    /// The peer keeps its LZ77 window across messages (we must keep an inflater).
+    pub peer_context_takeover: bool,
+    /// The window (log2 bytes, 8–15) that our compressed messages may use.
+    pub send_window_bits: u8,
+}
+
+/// Heap bytes of one inflater with its 32 KiB window (approximate, for accounting).
+pub const INFLATER_HEAP_BYTES: usize = 44 * 1024;
 
 /// The frame whose payload is being received.
 #[derive(Debug, Clone, Copy)]
@@ -119,6 +150,8 @@ struct InMessage {
     fragments: u32,
     /// True while the message is gathered in `reassembly` rather than delivered in place.
     gathering: bool,
+    /// RSV1 on its first frame: the payload is deflated (RFC 7692).
+    compressed: bool,
 }
 
 /// The protocol state of one connection. Inline size is kept small because a million of them may
@@ -138,6 +171,9 @@ pub struct Connection {
     rng: u64,
     reassembly: Vec<u8>,
     control: Vec<u8>,
+    deflate: Option<Deflate>,
+    /// The inflater kept across messages when the peer keeps its window.
+    inflater: Option<Box<Inflater>>,
 }
 
 impl Connection {
@@ -155,7 +191,20 @@ impl Connection {
             rng: mask_seed | 1,
             reassembly: Vec::new(),
             control: Vec::new(),
+            deflate: None,
+            inflater: None,
         }
+    }
+
+    /// Turns permessage-deflate on (as agreed in the handshake) or off. Call before any frame.
+    pub fn set_deflate(&mut self, deflate: Option<Deflate>) {
+        self.deflate = deflate;
+        self.inflater = None;
+    }
+
+    /// permessage-deflate as agreed, if it was.
+    pub fn deflate(&self) -> Option<Deflate> {
+        self.deflate
     }
 
     pub fn state(&self) -> State {
@@ -176,9 +225,15 @@ impl Connection {
         self.state == State::Open
     }
 
-    /// Bytes of heap memory this connection holds right now.
+    /// Bytes of heap memory this connection holds right now (an inflater counted as
+    /// [`INFLATER_HEAP_BYTES`]).
     pub fn heap_bytes(&self) -> usize {
-        self.reassembly.capacity() + self.control.capacity()
+        let inflater = if self.inflater.is_some() {
+            INFLATER_HEAP_BYTES
+        } else {
+            0
+        };
+        self.reassembly.capacity() + self.control.capacity() + inflater
     }
 
     /// Parses received bytes in place. See the module docs for what happens on a violation.
@@ -227,7 +282,7 @@ impl Connection {
         data: &[u8],
         pos: &mut usize,
     ) -> Result<Option<FrameHeader>, ProtoError> {
-        let rsv_allowed = 0;
+        let rsv_allowed = if self.deflate.is_some() { RSV1 } else { 0 };
         if self.header_spill_len == 0 {
             return match frame::parse_header(&data[*pos..], self.role, rsv_allowed)? {
                 HeaderParse::Header(h) => {
@@ -265,6 +320,11 @@ impl Connection {
 
     /// Checks a new frame against the message in progress and the limits.
     fn begin_frame(&mut self, h: FrameHeader) -> Result<InFrame, ProtoError> {
+        // Only RSV1 can be set here (parse_header refuses bits no extension allows), and only on
+        // the first frame of a data message (RFC 7692 §6.1).
+        if h.rsv != 0 && (h.opcode.is_control() || h.opcode == OpCode::Continuation) {
+            return Err(ProtoError::CompressedNotFirst);
+        }
         if !h.opcode.is_control() {
             self.begin_data_frame(&h)?;
         }
@@ -295,10 +355,19 @@ impl Connection {
             bytes: 0,
             fragments: 0,
             gathering: false,
+            compressed: h.rsv & RSV1 != 0,
         });
         m.bytes += h.payload_len;
         m.fragments += 1;
-        if m.bytes > self.limits.message_bytes_max {
+        // A compressed message is held to the limit once inflated; on the wire it may exceed
+        // it by deflate's framing overhead (incompressible data in stored blocks).
+        let max = self.limits.message_bytes_max;
+        let wire_max = if m.compressed {
+            max.saturating_add(max / 64 + 64)
+        } else {
+            max
+        };
+        if m.bytes > wire_max {
             return Err(ProtoError::MessageTooBig);
         }
         if m.fragments > self.limits.message_fragments_max {
@@ -336,6 +405,9 @@ impl Connection {
     ) -> Result<(), ProtoError> {
         let mut m = self.message.expect("a data frame always has a message");
         let done = f.fin && f.remaining == 0;
+        if m.compressed {
+            return self.compressed_payload(m, chunk, whole, done, sink);
+        }
         if done && whole && !m.gathering {
             // The fast path: a whole unfragmented message inside this buffer, delivered in place.
             if m.kind == MessageKind::Text {
@@ -368,6 +440,68 @@ impl Connection {
             sink.give_buffer(buf);
         }
         Ok(())
+    }
+
+    /// A piece of a compressed message: inflated in place if it is whole here, else gathered
+    /// (compressed) and inflated at its end.
+    fn compressed_payload(
+        &mut self,
+        mut m: InMessage,
+        chunk: &[u8],
+        whole: bool,
+        done: bool,
+        sink: &mut impl Sink,
+    ) -> Result<(), ProtoError> {
+        if done && whole && !m.gathering {
+            self.message = None;
+            return self.inflate_and_deliver(m.kind, chunk, sink);
+        }
+        if !m.gathering {
+            m.gathering = true;
+            self.reassembly = sink.take_buffer();
+            self.reassembly.clear();
+        }
+        self.reassembly.extend_from_slice(chunk);
+        self.message = Some(m);
+        if done {
+            self.message = None;
+            let mut input = std::mem::take(&mut self.reassembly);
+            let result = self.inflate_and_deliver(m.kind, &input, sink);
+            input.clear();
+            sink.give_buffer(input);
+            return result;
+        }
+        Ok(())
+    }
+
+    fn inflate_and_deliver(
+        &mut self,
+        kind: MessageKind,
+        input: &[u8],
+        sink: &mut impl Sink,
+    ) -> Result<(), ProtoError> {
+        let takeover = self.deflate.is_some_and(|d| d.peer_context_takeover);
+        let limit = self.limits.message_bytes_max;
+        let mut out = sink.take_buffer();
+        out.clear();
+        let mut result = if takeover {
+            let inflater = self.inflater.get_or_insert_with(Box::default);
+            inflater.inflate_message(input, &mut out, limit, false)
+        } else {
+            let mut inflater = sink.take_inflater();
+            let r = inflater.inflate_message(input, &mut out, limit, true);
+            sink.give_inflater(inflater);
+            r
+        };
+        if result.is_ok() && kind == MessageKind::Text && utf8::validate(&out).is_err() {
+            result = Err(ProtoError::InvalidUtf8);
+        }
+        if result.is_ok() {
+            sink.message(kind, &out);
+        }
+        out.clear();
+        sink.give_buffer(out);
+        result
     }
 
     fn control_payload(
@@ -470,6 +604,19 @@ impl Connection {
         payload: &mut [u8],
         out: &mut [u8; HEADER_BYTES_MAX],
     ) -> usize {
+        self.encode_message_header(kind, false, payload, out)
+    }
+
+    /// [`Connection::encode_data_header`] for a whole message, `compressed` setting RSV1 (the
+    /// payload must then be the output of a [`super::deflate::Deflater`] and deflate agreed).
+    pub fn encode_message_header(
+        &mut self,
+        kind: MessageKind,
+        compressed: bool,
+        payload: &mut [u8],
+        out: &mut [u8; HEADER_BYTES_MAX],
+    ) -> usize {
+        debug_assert!(!compressed || self.deflate.is_some());
         let opcode = match kind {
             MessageKind::Text => OpCode::Text,
             MessageKind::Binary => OpCode::Binary,
@@ -478,7 +625,8 @@ impl Connection {
         if let Some(m) = mask {
             unmask(payload, m, 0);
         }
-        frame::encode_header(out, true, 0, opcode, payload.len() as u64, mask)
+        let rsv = if compressed { RSV1 } else { 0 };
+        frame::encode_header(out, true, rsv, opcode, payload.len() as u64, mask)
     }
 
     fn send_close_frame(&mut self, code: u16, reason: &str, sink: &mut impl Sink) {
@@ -544,6 +692,7 @@ impl Connection {
         self.message = None;
         self.reassembly = Vec::new();
         self.control = Vec::new();
+        self.inflater = None;
     }
 }
 

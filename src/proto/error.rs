@@ -62,6 +62,11 @@ pub enum ProtoError {
     MessageTooBig,
     /// A message with more fragments than `message_fragments_max`.
     TooManyFragments,
+    /// RSV1 (permessage-deflate) on a continuation or control frame (RFC 7692 §6.1).
+    CompressedNotFirst,
+    /// A compressed message that does not inflate (RFC 7692 §6.2 leaves the code open; like
+    /// other servers we answer 1007, invalid payload data).
+    BadCompressedData,
 }
 
 impl ProtoError {
@@ -69,7 +74,7 @@ impl ProtoError {
     pub fn close_code(self) -> u16 {
         use ProtoError::*;
         match self {
-            InvalidUtf8 => close_code::INVALID_PAYLOAD,
+            InvalidUtf8 | BadCompressedData => close_code::INVALID_PAYLOAD,
             FrameTooBig | MessageTooBig | TooManyFragments => close_code::MESSAGE_TOO_BIG,
             ReservedBits
             | ReservedOpcode
@@ -81,6 +86,7 @@ impl ProtoError {
             | UnexpectedContinuation
             | ExpectedContinuation
             | CloseLengthOne
+            | CompressedNotFirst
             | InvalidCloseCode(_) => close_code::PROTOCOL_ERROR,
         }
     }
@@ -104,6 +110,8 @@ impl ProtoError {
             FrameTooBig => "frame too big",
             MessageTooBig => "message too big",
             TooManyFragments => "too many fragments",
+            CompressedNotFirst => "RSV1 on a continuation or control frame",
+            BadCompressedData => "invalid compressed data",
         }
     }
 }
@@ -150,5 +158,7 @@ mod tests {
         assert_eq!(ProtoError::BadMask.close_code(), 1002);
         assert_eq!(ProtoError::ReservedOpcode.close_code(), 1002);
         assert_eq!(ProtoError::InvalidCloseCode(1005).close_code(), 1002);
+        assert_eq!(ProtoError::CompressedNotFirst.close_code(), 1002);
+        assert_eq!(ProtoError::BadCompressedData.close_code(), 1007);
     }
 }

@@ -821,6 +821,8 @@ pub enum ClientError {
     WrongAccept,
     /// `Sec-WebSocket-Extensions` is present, but this client offers no extension.
     UnexpectedExtensions,
+    /// `Sec-WebSocket-Extensions` does not accept the permessage-deflate offer validly.
+    BadExtensions,
 }
 
 impl fmt::Display for ClientError {
@@ -834,6 +836,7 @@ impl fmt::Display for ClientError {
             ClientError::MissingAccept => f.write_str("response lacks Sec-WebSocket-Accept"),
             ClientError::WrongAccept => f.write_str("wrong Sec-WebSocket-Accept"),
             ClientError::UnexpectedExtensions => f.write_str("extension not offered"),
+            ClientError::BadExtensions => f.write_str("invalid permessage-deflate answer"),
         }
     }
 }
@@ -849,9 +852,21 @@ pub fn parse_response<'a>(
     key: &[u8; KEY_LEN],
     header_bytes_max: usize,
 ) -> Result<ClientParsed<'a>, ClientError> {
+    parse_response_offering(buf, key, header_bytes_max, false).map(|(p, _)| p)
+}
+
+/// [`parse_response`] for a request that offered permessage-deflate
+/// ([`super::deflate::CLIENT_OFFER`]) if `deflate_offered`: the answer may then accept it, and
+/// what was agreed comes back beside the result (None: the server declined).
+pub fn parse_response_offering<'a>(
+    buf: &'a [u8],
+    key: &[u8; KEY_LEN],
+    header_bytes_max: usize,
+    deflate_offered: bool,
+) -> Result<(ClientParsed<'a>, Option<super::connection::Deflate>), ClientError> {
     let header_len = match find_head_end(buf, header_bytes_max) {
         Ok(Some(len)) => len,
-        Ok(None) => return Ok(ClientParsed::Incomplete),
+        Ok(None) => return Ok((ClientParsed::Incomplete, None)),
         Err(HeadError::TooLarge) => return Err(ClientError::TooLarge),
         Err(HeadError::BareLf) => return Err(ClientError::Malformed("bare LF line ending")),
     };
@@ -864,10 +879,20 @@ pub fn parse_response<'a>(
     }
     let found = scan_response_fields(fields)?;
     check_response(&found, key)?;
-    Ok(ClientParsed::Accepted {
+    let deflate = match found.extensions {
+        None => None,
+        Some(_) if !deflate_offered || found.extensions_count > 1 => {
+            return Err(ClientError::UnexpectedExtensions);
+        }
+        Some(value) => {
+            Some(super::deflate::client_accepts(value).ok_or(ClientError::BadExtensions)?)
+        }
+    };
+    let parsed = ClientParsed::Accepted {
         header_len,
         protocol: found.protocol,
-    })
+    };
+    Ok((parsed, deflate))
 }
 
 /// `HTTP/1.x SP 3DIGIT [SP reason]` → the status.
@@ -892,7 +917,8 @@ struct ResponseFields<'a> {
     connection_upgrade: bool,
     accept: Option<&'a str>,
     protocol: Option<&'a str>,
-    extensions_seen: bool,
+    extensions: Option<&'a str>,
+    extensions_count: u32,
 }
 
 fn scan_response_fields(fields: &str) -> Result<ResponseFields<'_>, ClientError> {
@@ -929,7 +955,10 @@ impl<'a> ResponseFields<'a> {
                     malformed("duplicate Sec-WebSocket-Protocol"),
                 )?;
             }
-            Field::Extensions => self.extensions_seen = true,
+            Field::Extensions => {
+                self.extensions_count += 1;
+                _ = self.extensions.get_or_insert(value);
+            }
             _ => {}
         }
         Ok(())
@@ -946,9 +975,6 @@ fn check_response(found: &ResponseFields<'_>, key: &[u8; KEY_LEN]) -> Result<(),
     let accept = found.accept.ok_or(ClientError::MissingAccept)?;
     if accept.as_bytes() != accept_key(key) {
         return Err(ClientError::WrongAccept);
-    }
-    if found.extensions_seen {
-        return Err(ClientError::UnexpectedExtensions);
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod connection;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;

@@ -82,6 +82,8 @@ pub struct ConnState {
     pub ops: u16,
     /// The close code to report (1006 until a Close frame says otherwise).
     pub close_code: u16,
+    /// permessage-deflate: the window (8–15) our compressed frames may use; 0 if not agreed.
+    pub deflate_bits: u8,
     pub timer: Option<TimerId>,
     pub last_recv_ms: u64,
     pub close_reason: Option<Box<str>>,
@@ -155,6 +157,7 @@ impl Slots {
             flags: 0,
             ops: 0,
             close_code: crate::proto::error::close_code::ABNORMAL,
+            deflate_bits: 0,
             timer: None,
             last_recv_ms: now_ms,
             close_reason: None,

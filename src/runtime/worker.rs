@@ -17,18 +17,17 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
-use bytes::Bytes;
-
 use super::buffers::{RecvPool, SendArena, SendOp, SendPool, SendQueue};
 use super::ring::{Accepted, Completion, Event, Key, Op, Received, Ring, Sent};
 use super::slots::{ConnState, Phase, Slot, Slots, TimerKind, flag};
 use super::sys;
 use crate::config::{BackpressurePolicy, Config};
 use crate::handler::{
-    Backpressure, Conn, ConnId, ConnOps, Handler, Mail, Message, OpenDecision, Publisher,
+    Backpressure, Conn, ConnId, ConnOps, Frame, Handler, Mail, Message, OpenDecision, Publisher,
 };
 use crate::metrics::{Metrics, WorkerMetrics, add, dec};
-use crate::proto::connection::{Connection, Limits, MessageKind, Role, Sink, State};
+use crate::proto::connection::{self, Connection, Limits, MessageKind, Role, Sink, State};
+use crate::proto::deflate::{self, Deflater, Inflater};
 use crate::proto::error::close_code;
 use crate::proto::frame::{self, HEADER_BYTES_MAX, OpCode};
 use crate::proto::handshake::{self, Parsed, Request};
@@ -64,8 +63,8 @@ pub(crate) struct WorkerSetup {
 /// Work found during a turn and run before the turn ends.
 enum Deferred {
     Close(Key, u16, Box<str>),
-    Publish(Arc<str>, Bytes),
-    Broadcast(Bytes),
+    Publish(Arc<str>, Frame),
+    Broadcast(Frame),
     Backpressure(Key, usize, Backpressure),
 }
 
@@ -86,6 +85,14 @@ struct Shared {
     zc_bytes_min: usize,
     /// Reassembly buffers lent to connections while they gather a message (bounded).
     gather_pool: Vec<Vec<u8>>,
+    /// permessage-deflate: the inflater lent for each compressed message (no context takeover).
+    inflater: Option<Box<Inflater>>,
+    /// Compressors by window bits (index bits - 8), made when first needed.
+    deflaters: [Option<Box<Deflater>>; 8],
+    /// Output of the compressor, reused.
+    deflate_out: Vec<u8>,
+    deflate_level: u8,
+    deflate_bytes_min: usize,
 }
 
 impl Shared {
@@ -190,9 +197,14 @@ impl Ctx<'_> {
     /// A frame encoded once for many connections. A small one is copied into this connection's
     /// queue (no atomic reference count per delivery, and a turn's frames merge into one run of
     /// registered bytes); a large one is queued by reference.
-    fn push_shared(&mut self, frame: &Bytes) -> bool {
+    fn push_shared(&mut self, frame: &Frame) -> bool {
+        let frame = frame.for_window(self.st.deflate_bits);
+        let compressed = frame.first().is_some_and(|b| b & 0x40 != 0);
         if !self.admit(frame.len()) {
             return false;
+        }
+        if compressed {
+            add(&self.sh.metrics.messages_deflated, 1);
         }
         if frame.len() <= SHARED_COPY_BYTES_MAX {
             self.queue().push_own(&[frame]);
@@ -200,6 +212,30 @@ impl Ctx<'_> {
             self.queue().push_shared(frame.clone());
         }
         true
+    }
+
+    /// Queues `payload` compressed for this connection (window `bits`). None if compressing did
+    /// not make it smaller (send it plain then).
+    fn send_deflated(&mut self, opcode: OpCode, payload: &[u8], bits: u8) -> Option<bool> {
+        let sh = &mut *self.sh;
+        let level = sh.deflate_level;
+        let d = sh.deflaters[usize::from(bits - deflate::WINDOW_BITS_MIN)]
+            .get_or_insert_with(|| Box::new(Deflater::new(level, bits)));
+        let mut out = std::mem::take(&mut sh.deflate_out);
+        out.clear();
+        d.compress_message(payload, &mut out);
+        let result = (out.len() < payload.len()).then(|| {
+            let mut hdr = [0u8; HEADER_BYTES_MAX];
+            let n = frame::encode_header(&mut hdr, true, 0b100, opcode, out.len() as u64, None);
+            if !self.admit(n + out.len()) {
+                return false;
+            }
+            add(&self.sh.metrics.messages_deflated, 1);
+            self.queue().push_own(&[&hdr[..n], &out]);
+            true
+        });
+        self.sh.deflate_out = out;
+        result
     }
 }
 
@@ -209,6 +245,13 @@ impl ConnOps for Ctx<'_> {
             MessageKind::Text => OpCode::Text,
             MessageKind::Binary => OpCode::Binary,
         };
+        let bits = self.st.deflate_bits;
+        if bits != 0
+            && payload.len() >= self.sh.deflate_bytes_min
+            && let Some(queued) = self.send_deflated(opcode, payload, bits)
+        {
+            return queued;
+        }
         let mut hdr = [0u8; HEADER_BYTES_MAX];
         let n = frame::encode_header(&mut hdr, true, 0, opcode, payload.len() as u64, None);
         if !self.admit(n + payload.len()) {
@@ -251,7 +294,7 @@ impl ConnOps for Ctx<'_> {
         remove_subscriber(&mut self.sh.topics, topic, self.key);
     }
 
-    fn publish(&mut self, topic: &str, frame: Bytes) {
+    fn publish(&mut self, topic: &str, frame: Frame) {
         let worker = usize::from(self.sh.worker);
         self.sh
             .publisher
@@ -261,7 +304,7 @@ impl ConnOps for Ctx<'_> {
             .push_back(Deferred::Publish(Arc::from(topic), frame));
     }
 
-    fn broadcast(&mut self, frame: Bytes) {
+    fn broadcast(&mut self, frame: Frame) {
         let worker = usize::from(self.sh.worker);
         self.sh
             .publisher
@@ -331,6 +374,15 @@ impl<H: Handler> Sink for RecvSink<'_, H> {
             pool.push(buf);
         }
     }
+
+    fn take_inflater(&mut self) -> Box<Inflater> {
+        add(&self.ctx.sh.metrics.messages_inflated, 1);
+        self.ctx.sh.inflater.take().unwrap_or_default()
+    }
+
+    fn give_inflater(&mut self, inflater: Box<Inflater>) {
+        self.ctx.sh.inflater = Some(inflater);
+    }
 }
 
 /// The sink for frames the runtime asks for (heartbeat ping, our Close).
@@ -367,6 +419,7 @@ const ACCEPT_RETRY_MS: u64 = 100;
 struct Engine<H> {
     cfg: Arc<Config>,
     limits: Limits,
+    deflate_policy: deflate::DeflatePolicy,
     listener: OwnedFd,
     handler: H,
     slots: Slots,
@@ -721,7 +774,17 @@ impl<H: Handler> Engine<H> {
             self.http_answer(key, 403, b"origin not allowed");
             return false;
         }
-        let Some((mut ctx, _, handler)) = self.ctx(key, false) else {
+        let agreed = match deflate::negotiate(
+            req.header_all("sec-websocket-extensions"),
+            &self.deflate_policy,
+        ) {
+            Ok(agreed) => agreed,
+            Err(reject) => {
+                self.http_answer(key, reject.status(), reject.message().as_bytes());
+                return false;
+            }
+        };
+        let Some((mut ctx, core, handler)) = self.ctx(key, false) else {
             return false;
         };
         let id = ctx.sh.id(key);
@@ -733,11 +796,32 @@ impl<H: Handler> Engine<H> {
                 return false;
             }
         };
+        let mut ext = [0u8; 128];
+        let ext = agreed.map(|a| {
+            let n = a.write_response(&mut ext);
+            // The writer only writes ASCII.
+            std::str::from_utf8(&ext[..n]).unwrap_or_default()
+        });
         let mut out = [0u8; 1024];
-        let Some(n) = handshake::write_accept(&mut out, req.key, protocol, None) else {
+        let Some(n) = handshake::write_accept(&mut out, req.key, protocol, ext) else {
             self.http_answer(key, 500, b"subprotocol name too long");
             return false;
         };
+        if let Some(a) = agreed {
+            core.set_deflate(Some(connection::Deflate {
+                peer_context_takeover: a.client_context_takeover,
+                send_window_bits: a.server_window_bits,
+            }));
+            ctx.st.deflate_bits = a.server_window_bits;
+            add(&ctx.sh.metrics.deflate_connections, 1);
+            if a.server_window_bits == deflate::WINDOW_BITS_MAX {
+                ctx.sh
+                    .publisher
+                    .deflate()
+                    .receivers
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         ctx.push_control(&out[..n]);
         ctx.st.set(flag::OPENED);
         self.move_to(key, Phase::Open);
@@ -792,6 +876,17 @@ impl<H: Handler> Engine<H> {
             return;
         }
         st.set(flag::REPORTED);
+        if st.deflate_bits != 0 {
+            dec(&self.sh.metrics.deflate_connections);
+            if st.deflate_bits == deflate::WINDOW_BITS_MAX {
+                self.sh
+                    .publisher
+                    .deflate()
+                    .receivers
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            st.deflate_bits = 0;
+        }
         let code = st.close_code;
         let reason = st.close_reason.take();
         self.sh.metrics.close(code);
@@ -1063,7 +1158,7 @@ impl<H: Handler> Engine<H> {
     }
 
     /// A shared frame for one connection (fanout, or a Publisher send).
-    fn deliver(&mut self, key: Key, frame: &Bytes) {
+    fn deliver(&mut self, key: Key, frame: &Frame) {
         if let Some((mut ctx, _, _)) = self.ctx(key, true) {
             ctx.push_shared(frame);
         }
@@ -1321,9 +1416,15 @@ impl<H: Handler> Worker<H> {
             policy: cfg.backpressure,
             zc_bytes_min: cfg.send_zc_bytes_min,
             gather_pool: Vec::new(),
+            inflater: None,
+            deflaters: Default::default(),
+            deflate_out: Vec::new(),
+            deflate_level: cfg.deflate_level,
+            deflate_bytes_min: cfg.deflate_compress_bytes_min,
         };
         let eng = Engine {
             limits: Limits::from_config(&cfg),
+            deflate_policy: cfg.deflate_policy(),
             wheel: TimerWheel::new(table as usize, TICK_MS, WHEEL_SLOTS, now_ms),
             cfg,
             listener: setup.listener,

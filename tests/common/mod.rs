@@ -8,7 +8,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Child;
 use std::time::Duration;
 
-use ringws::proto::connection::{Connection, Limits, MessageKind, Role, Sink};
+use ringws::proto::connection::{Connection, Deflate, Limits, MessageKind, Role, Sink};
+use ringws::proto::deflate::{self, Deflater};
 use ringws::proto::frame::{self, OpCode};
 use ringws::proto::handshake::{self, ClientParsed};
 use ringws::{Config, Handler, ServerHandle, WorkerId};
@@ -56,6 +57,10 @@ impl Sink for Collect {
 }
 
 pub struct Client {
+    /// permessage-deflate as the server agreed it (None: not offered, or declined).
+    pub deflate: Option<Deflate>,
+    /// The raw handshake answer (status line and headers).
+    pub response_head: String,
     pub stream: TcpStream,
     core: Connection,
     sink: Collect,
@@ -72,8 +77,19 @@ impl Client {
         Client::connect_with(addr, "/", &[])
     }
 
-    /// Connects and upgrades, with extra request headers (`"Origin: x"`).
+    /// Connects and upgrades, offering permessage-deflate ([`deflate::CLIENT_OFFER`]).
+    pub fn connect_deflate(addr: SocketAddr) -> io::Result<Client> {
+        let offer = format!("Sec-WebSocket-Extensions: {}", deflate::CLIENT_OFFER);
+        Client::connect_with(addr, "/", &[&offer])
+    }
+
+    /// Connects and upgrades, with extra request headers (`"Origin: x"`). A
+    /// `Sec-WebSocket-Extensions` header among them counts as a permessage-deflate offer.
     pub fn connect_with(addr: SocketAddr, path: &str, headers: &[&str]) -> io::Result<Client> {
+        let offered = headers.iter().any(|h| {
+            h.to_ascii_lowercase()
+                .starts_with("sec-websocket-extensions:")
+        });
         let mut stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
         stream.set_nodelay(true)?;
@@ -89,7 +105,7 @@ impl Client {
         stream.write_all(&req)?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
-        let header_len = loop {
+        let (header_len, agreed) = loop {
             let n = stream.read(&mut chunk)?;
             if n == 0 {
                 return Err(io::Error::new(
@@ -98,23 +114,29 @@ impl Client {
                 ));
             }
             buf.extend_from_slice(&chunk[..n]);
-            match handshake::parse_response(&buf, &key, 8192) {
-                Ok(ClientParsed::Incomplete) => continue,
-                Ok(ClientParsed::Accepted { header_len, .. }) => break header_len,
+            match handshake::parse_response_offering(&buf, &key, 8192, offered) {
+                Ok((ClientParsed::Incomplete, _)) => continue,
+                Ok((ClientParsed::Accepted { header_len, .. }, agreed)) => {
+                    break (header_len, agreed);
+                }
                 Err(e) => {
                     let text = String::from_utf8_lossy(&buf).to_string();
                     return Err(io::Error::other(format!("{e:?}: {text}")));
                 }
             }
         };
+        let response_head = String::from_utf8_lossy(&buf[..header_len]).into_owned();
         buf.drain(..header_len);
         let limits = Limits {
             frame_bytes_max: 1 << 30,
             message_bytes_max: 1 << 30,
             message_fragments_max: 1 << 20,
         };
-        let core = Connection::new(Role::Client, limits, seed());
+        let mut core = Connection::new(Role::Client, limits, seed());
+        core.set_deflate(agreed);
         let mut c = Client {
+            deflate: agreed,
+            response_head,
             stream,
             core,
             sink: Collect::default(),
@@ -144,6 +166,20 @@ impl Client {
         let mut data = payload.to_vec();
         let mut hdr = [0u8; frame::HEADER_BYTES_MAX];
         let n = self.core.encode_data_header(kind, &mut data, &mut hdr);
+        let mut frame = hdr[..n].to_vec();
+        frame.extend_from_slice(&data);
+        self.stream.write_all(&frame)
+    }
+
+    /// Sends a whole message compressed (RSV1), which needs deflate agreed.
+    pub fn send_compressed(&mut self, kind: MessageKind, payload: &[u8]) -> io::Result<()> {
+        let d = self.deflate.expect("permessage-deflate was not agreed");
+        let mut data = Vec::new();
+        Deflater::new(6, d.send_window_bits).compress_message(payload, &mut data);
+        let mut hdr = [0u8; frame::HEADER_BYTES_MAX];
+        let n = self
+            .core
+            .encode_message_header(kind, true, &mut data, &mut hdr);
         let mut frame = hdr[..n].to_vec();
         frame.extend_from_slice(&data);
         self.stream.write_all(&frame)
