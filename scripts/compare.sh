@@ -19,6 +19,8 @@
 #                (an entry "ringws:/path/to/ringws" runs another ringws build: A/B of two engines)
 #              FANOUT_CONFIGS="500x512" (broadcast mode + `ringws-load fanout`; "" to skip)
 #              OUT=docs/COMPARE.md  PORT_BASE=19300  SKIP_BUILD=1
+#              BENCH_OUT=docs/BENCHMARKS.md (the summary tables replace the part of that file
+#                between "<!-- compare.sh begin -->" and "<!-- compare.sh end -->"; "" to skip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +34,7 @@ CONFIGS=${CONFIGS:-"100x20 100x512 500x1024 500x16384"}
 FANOUT_CONFIGS=${FANOUT_CONFIGS-"500x512"}
 SERVERS=${SERVERS:-"ringws fastwebsockets tungstenite tokio-websockets"}
 OUT=${OUT:-docs/COMPARE.md}
+BENCH_OUT=${BENCH_OUT-docs/BENCHMARKS.md}
 PORT_BASE=${PORT_BASE:-19300}
 BIN=target/release
 WORK=target/compare
@@ -137,9 +140,9 @@ done
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 python3 - "$RUNS" "$OUT" "$ROUNDS" "$WARMUP_S" "$MEASURE_S" "$(git rev-parse --short HEAD)" \
-    "$LOAD_BEFORE" "$LOAD_AFTER" <<'EOF'
+    "$LOAD_BEFORE" "$LOAD_AFTER" "$BENCH_OUT" <<'EOF'
 import collections, datetime, statistics, sys
-runs, out, rounds, warm, meas, commit, load_before, load_after = sys.argv[1:]
+runs, out, rounds, warm, meas, commit, load_before, load_after, bench_out = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(runs)][1:]
 by = collections.defaultdict(list)
 for kind, cfg, server, _r, mps, us, scpu, lcpu, err in rows:
@@ -181,8 +184,18 @@ lines += ["", "Ratios (≥ 1 means ringws is ahead):", "",
           "|---|---|---:|---:|"]
 for kind, cfg, r_rate, p_rate, r_cpu, p_cpu in ratios:
     lines.append(f"| {kind} | {cfg.replace('x', ' × ')} | {r_rate:.2f} ({p_rate}) | {r_cpu:.2f} ({p_cpu}) |")
+summary = lines[2:]
 lines += ["", "Every run (target/compare/runs.tsv):", "", "```", open(runs).read().rstrip(), "```"]
 text = "\n".join(lines) + "\n"
 open(out, "w").write(text)
 print(text)
+if bench_out:
+    begin, end = "<!-- compare.sh begin -->", "<!-- compare.sh end -->"
+    doc = open(bench_out).read()
+    block = begin + "\n" + "\n".join(summary) + f"\n\nEvery run: `{out}`.\n" + end
+    if begin in doc and end in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    open(bench_out, "w").write(doc)
 EOF

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringws::proto::connection::{Connection, Limits, MessageKind, Role, Sink};
+use ringws::proto::connection::{Connection, Deflate, Limits, MessageKind, Role, Sink};
 
 #[derive(Default, PartialEq, Debug)]
 struct Rec(Vec<(u8, Vec<u8>)>);
@@ -27,8 +27,14 @@ impl Sink for Rec {
     }
 }
 
-fn run(stream: &[u8], cuts: impl Iterator<Item = usize>, limits: Limits) -> (Rec, bool) {
+fn run(
+    stream: &[u8],
+    cuts: impl Iterator<Item = usize>,
+    limits: Limits,
+    deflate: Option<Deflate>,
+) -> (Rec, bool) {
     let mut conn = Connection::new(Role::Server, limits, 0);
+    conn.set_deflate(deflate);
     let mut rec = Rec::default();
     let mut failed = false;
     let mut start = 0;
@@ -45,13 +51,18 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
     }
-    // The first two bytes choose a chunk size and small limits; the rest is the stream.
+    // The first two bytes choose a chunk size, small limits and permessage-deflate (bit 7: agreed,
+    // bit 6: the client keeps its window); the rest is the stream.
     let chunk = data[0] as usize + 1;
     let limits = Limits { frame_bytes_max: 4096, message_bytes_max: 8192, message_fragments_max: 1 + data[1] as u32 % 8 };
+    let deflate = (data[1] & 0x80 != 0).then_some(Deflate {
+        peer_context_takeover: data[1] & 0x40 != 0,
+        send_window_bits: 15,
+    });
     let stream = &data[2..];
-    let (whole, failed) = run(stream, std::iter::empty(), limits);
-    let (chunked, failed2) = run(stream, (chunk..stream.len()).step_by(chunk), limits);
-    let (bytes, failed3) = run(stream, 1..stream.len(), limits);
+    let (whole, failed) = run(stream, std::iter::empty(), limits, deflate);
+    let (chunked, failed2) = run(stream, (chunk..stream.len()).step_by(chunk), limits, deflate);
+    let (bytes, failed3) = run(stream, 1..stream.len(), limits, deflate);
     assert_eq!(whole, chunked);
     assert_eq!(whole, bytes);
     assert_eq!((failed, failed), (failed2, failed3));
