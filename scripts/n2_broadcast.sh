@@ -12,6 +12,7 @@
 # Usage: scripts/n2_broadcast.sh             # 3 rounds x (2 s warm-up + 8 s measured)
 #        QUICK=1 scripts/n2_broadcast.sh     # 2 rounds x (1 s + 4 s)
 # Env: ROUNDS WARMUP_S MEASURE_S CONNS=320 SIZE=20 SERVERS=... PORT_BASE=19600 OUT= SKIP_BUILD=1
+#      (a SERVERS entry "ringws:/path/to/ringws" runs another ringws build: A/B of two engines)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +49,7 @@ start_server() {
     local name=$1 port=$2 log=$WORK/n2_server.log
     case $name in
         ringws) taskset -c 0 "$BIN/ringws" serve --workers 1 --no-pin --mode broadcast --port "$port" >"$log" 2>&1 & ;;
+        ringws:*) taskset -c 0 "${name#ringws:}" serve --workers 1 --no-pin --mode broadcast --port "$port" >"$log" 2>&1 & ;;
         *) taskset -c 0 "$BIN/peer-$name" --mode broadcast --port "$port" >"$log" 2>&1 & ;;
     esac
     SERVER_PID=$!

@@ -57,15 +57,18 @@ pub struct WorkerMetrics {
     pub messages_inflated: AtomicU64,
 }
 
-/// Adds `n` to a counter (relaxed: only the owning worker writes).
+/// Adds `n` to a counter. Every counter of a `WorkerMetrics` has one writer, its worker, so a
+/// plain load and store is enough (readers see some recent value); a locked read-modify-write
+/// here cost 7.5 % of the server's CPU in the N² broadcast (docs/PERFORMANCE.md).
 pub fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Relaxed);
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
-/// Subtracts 1 from a gauge.
+/// Subtracts 1 from a gauge (one writer, like [`add`]).
 pub fn dec(c: &AtomicU64) {
-    let before = c.fetch_sub(1, Relaxed);
+    let before = c.load(Relaxed);
     debug_assert!(before > 0, "gauge went below zero");
+    c.store(before.wrapping_sub(1), Relaxed);
 }
 
 impl WorkerMetrics {
