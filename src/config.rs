@@ -42,7 +42,8 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Handshakes a worker keeps in progress at once; past it, new connections are refused (503).
     pub handshakes_pending_per_worker_max: u32,
-    /// A connection with no bytes received for this long is sent a ping.
+    /// A connection with no bytes received for this long is sent a ping (plus a fixed
+    /// per-connection spread of up to an eighth of it, so that heartbeats do not come in waves).
     pub ping_interval_ms: u64,
     /// After a heartbeat ping, the peer must send something (a pong or anything) within this time.
     pub pong_timeout_ms: u64,

@@ -543,15 +543,26 @@ impl<H: Handler> Engine<H> {
             (Phase::Open, TimerKind::Idle) => self.on_idle(key, idle_since),
             // Something arrived after the ping: back to idle watching.
             (Phase::Open, TimerKind::Pong) if !awaiting => {
-                self.arm(key, TimerKind::Idle, idle_since + self.cfg.ping_interval_ms)
+                let due = idle_since + self.ping_after_ms(key);
+                self.arm(key, TimerKind::Idle, due)
             }
             // Handshake deadline, silent peer after a ping, unanswered Close, stuck TCP end.
             _ => self.force_close(key),
         }
     }
 
+    /// Idle time before a heartbeat ping: `ping_interval_ms` plus a fixed per-slot spread of up
+    /// to an eighth of it, so that connections opened together do not all fall due in the same
+    /// tick (at a million connections that wave stalled a core, docs/TUNING.md).
+    fn ping_after_ms(&self, key: Key) -> u64 {
+        let interval = self.cfg.ping_interval_ms;
+        let spread = interval / 8;
+        let hash = u64::from(key.index).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        interval + if spread == 0 { 0 } else { hash % spread }
+    }
+
     fn on_idle(&mut self, key: Key, idle_since: u64) {
-        let due = idle_since + self.cfg.ping_interval_ms;
+        let due = idle_since + self.ping_after_ms(key);
         if due > self.now_ms {
             return self.arm(key, TimerKind::Idle, due);
         }
@@ -825,11 +836,8 @@ impl<H: Handler> Engine<H> {
         ctx.push_control(&out[..n]);
         ctx.st.set(flag::OPENED);
         self.move_to(key, Phase::Open);
-        self.arm(
-            key,
-            TimerKind::Idle,
-            self.now_ms + self.cfg.ping_interval_ms,
-        );
+        let due = self.now_ms + self.ping_after_ms(key);
+        self.arm(key, TimerKind::Idle, due);
         true
     }
 
