@@ -214,3 +214,44 @@ fn past_the_pending_handshake_limit_the_answer_is_503() {
     server.shutdown();
     server.join().unwrap();
 }
+
+/// A request that arrives in small pieces (each its own segment) is answered once whole; one
+/// that trickles past the header limit without ending is answered 431.
+#[test]
+fn a_trickled_handshake_is_answered() {
+    use std::io::{Read, Write};
+    let server = serve(test_config(), |_| Echo);
+    let addr = server.local_addr();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
+    for piece in request.as_bytes().chunks(7) {
+        s.write_all(piece).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let mut answer = vec![0u8; 512];
+    let n = s.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert_eq!(status(&answer), 101, "{answer}");
+
+    // Past the limit without a line end: 431, even though no piece carried a '\n'.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nX-Pad: ").unwrap();
+    let mut out = Vec::new();
+    for _ in 0..40 {
+        if s.write_all(&[b'a'; 256]).is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let _ = s.read_to_end(&mut out);
+    let answer = String::from_utf8_lossy(&out).into_owned();
+    assert_eq!(status(&answer), 431, "{answer}");
+    server.shutdown();
+    server.join().unwrap();
+}

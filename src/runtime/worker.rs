@@ -736,7 +736,12 @@ impl<H: Handler> Engine<H> {
             }
             Some(mut spill) => {
                 spill.extend_from_slice(buf);
-                if !self.try_upgrade(key, &mut spill[..])
+                // The head ends with a '\n': without one in the new bytes (and within the size
+                // limit) the answer would be Incomplete again, so a peer that trickles bytes
+                // does not make us rescan the whole spill per read.
+                let undecided =
+                    !buf.contains(&b'\n') && spill.len() <= self.cfg.handshake_header_bytes_max;
+                if (undecided || !self.try_upgrade(key, &mut spill[..]))
                     && let Some(slot) = self.slots.get(key)
                 {
                     slot.st.spill = Some(spill);
