@@ -5,7 +5,7 @@
 # installs miri + rust-src into it when missing. The io_uring runtime is not run (Miri does not
 # emulate io_uring system calls).
 #
-#   scripts/miri.sh              # unit tests of proto:: and timer, tests/{proto_connection,handshake,timer}.rs
+#   scripts/miri.sh              # unit tests of proto:: and timer, tests/{proto_connection,proto_deflate,handshake,timer}.rs
 #   MIRI_FULL=1 scripts/miri.sh  # also the exhaustive and property tests (hours under Miri)
 #
 # By default the exhaustive loops and the property tests with a fixed case count are skipped:
@@ -39,7 +39,9 @@ if [ "${MIRI_FULL:-0}" != 1 ]; then
         random_bytes_never_panic every_prefix_is_incomplete_until_the_last_byte \
         client_response_every_prefix_is_incomplete \
         mutated_requests_never_panic wheel_matches_reference_model fuzz_decoder_on_random_bytes \
-        big_time_jump_fires_everything_due_exactly_once; do
+        big_time_jump_fires_everything_due_exactly_once \
+        bomb_stops_at_the_limit round_trip_fresh_windows small_windows_keep_their_distances \
+        every_split_point_and_byte_by_byte a_bomb_stops_at_the_message_limit_with_1009; do
         skips+=(--skip "$t")
     done
 fi
@@ -47,5 +49,5 @@ fi
 start=$(date +%s)
 cargo +"$toolchain" miri setup
 cargo +"$toolchain" miri test --lib -- proto:: timer "${skips[@]}"
-cargo +"$toolchain" miri test --test proto_connection --test handshake --test timer -- "${skips[@]}"
+cargo +"$toolchain" miri test --test proto_connection --test proto_deflate --test handshake --test timer -- "${skips[@]}"
 echo "miri: passed in $(($(date +%s) - start)) s"
