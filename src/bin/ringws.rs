@@ -28,7 +28,7 @@ const USAGE: &str = "usage: ringws serve [options]
   --no-deflate                    never agree to permessage-deflate (default: agree when offered)
   --deflate-level N               zlib level 0-9 for compressed sends (default 1)
   --deflate-bytes-min N           send messages under N bytes uncompressed (default 128)
-  --deflate-client-takeover       let clients keep their window (a ~44 KiB inflater each)
+  --deflate-client-takeover       let clients keep their window (a ~46 KiB inflater each)
   --backpressure close|drop       past the send queue limit (default close, with 1008)
   --origin ORIGIN                 allow this Origin (repeatable; default: any)
   --recv-buffers N                receive buffers per worker (power of two)

@@ -8,8 +8,8 @@
 //! (§7.1.1.2 allows that too), so the client's messages are inflated from an empty window as well
 //! and one inflater per worker serves every connection: an idle connection holds no zlib state at
 //! all. [`DeflatePolicy::client_context_takeover`] lets the client keep its window instead; each
-//! such connection then gets its own inflater (about 40 KiB, allocated at its first compressed
-//! message and kept while it lives).
+//! such connection then gets its own inflater (46 KiB, allocated at its first compressed
+//! message and kept while it lives: the window is state that cannot be dropped while idle).
 //!
 //! ## The header
 //! `Sec-WebSocket-Extensions` may appear several times and each may list several offers
@@ -41,8 +41,7 @@ pub struct DeflatePolicy {
     /// false answers `client_no_context_takeover`.
     pub client_context_takeover: bool,
     /// With client context takeover, the largest client window accepted, 8–15: answered as
-    /// `client_max_window_bits` when the offer allows a value. Smaller windows make each
-    /// per-connection inflater smaller.
+    /// `client_max_window_bits` when the offer allows a value.
     pub client_window_bits_max: u8,
 }
 
