@@ -81,6 +81,7 @@ fn plan(args: &Args, src_ips: u32) -> Plan {
         retries: args.retries,
         stall_ms: args.grace_ms,
         pubsub_topic: args.pubsub_topic.clone(),
+        deflate: args.deflate,
     }
 }
 
@@ -301,6 +302,7 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         report.messages += o.messages;
         report.client_recv_enobufs += o.recv_enobufs;
         report.connect_retries += o.retries;
+        report.compression.add(&o.compression);
         for (code, reason) in o.close_codes.iter().take(1) {
             eprintln!("ringws-load: the server closed a connection: {code} {reason:?}");
         }
@@ -317,6 +319,7 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         report.fanout_complete_p99_ns = stats::complete_quantile_ns(&report.broadcasts, subs, 0.99);
         report.fanout_complete_max_ns = stats::complete_quantile_ns(&report.broadcasts, subs, 1.0);
     }
+    report.compression.offered = args.deflate;
     report.connect_s = clock.connect_end_ns.max(1) as f64 / 1e9;
     report.duration_s = clock.run_end_ns.saturating_sub(clock.run_start_ns) as f64 / 1e9;
     if args.scenario == Scenario::Connect {
