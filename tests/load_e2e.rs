@@ -110,6 +110,10 @@ fn echo_50_connections_for_a_second() {
     );
     assert!(value(&json, "latency_max_us") >= value(&json, "latency_p50_us"));
     assert!(value(&json, "server_rss_bytes") > 0.0);
+    assert!(
+        value(&json, "server_cpu_run_s") > 0.0,
+        "the server's CPU time over the run, read from /proc"
+    );
 }
 
 #[test]

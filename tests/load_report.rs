@@ -98,6 +98,15 @@ fn json_has_every_required_key_with_its_value() {
     assert_eq!(value(&json, "server_rss_bytes"), "4000");
     assert_eq!(value(&json, "server_rss_per_conn_bytes"), "1000");
     assert_eq!(value(&json, "connect_per_s"), "6");
+    assert_eq!(value(&json, "server_cpu_run_s"), "0", "no --server-pid");
+    let r = Report {
+        server_cpu_run_s: 0.5,
+        ..sample_report()
+    };
+    assert_eq!(
+        value(&r.to_json(), "server_cpu_us_per_message"),
+        "83333.333"
+    );
     assert_eq!(value(&json, "passed"), "false");
 }
 

@@ -159,6 +159,10 @@ pub struct Report {
     /// pending-handshake limit); not errors unless the last attempt fails too.
     pub connect_retries: u64,
     pub compression: Compression,
+    /// CPU seconds the server (`--server-pid`) used during the run phase (0: not measured).
+    pub server_cpu_run_s: f64,
+    /// CPU seconds the load generator itself used during the run phase (is it the limit?).
+    pub client_cpu_run_s: f64,
 }
 
 fn per_s(count: u64, secs: f64) -> f64 {
@@ -233,6 +237,19 @@ impl Report {
             / self.connected as f64
     }
 
+    /// Server CPU per echo message or fanout delivery during the run phase, in µs.
+    pub fn server_cpu_us_per_message(&self) -> f64 {
+        let n = if self.deliveries > 0 {
+            self.deliveries
+        } else {
+            self.messages
+        };
+        if n == 0 {
+            return 0.0;
+        }
+        self.server_cpu_run_s * 1e6 / n as f64
+    }
+
     pub fn broadcasts_complete(&self, subscribers: u64) -> usize {
         self.broadcasts
             .iter()
@@ -303,6 +320,12 @@ impl Report {
                 "server_rss_per_conn_bytes",
                 num(self.server_rss_per_conn_bytes()),
             ),
+            ("server_cpu_run_s", num(self.server_cpu_run_s)),
+            (
+                "server_cpu_us_per_message",
+                num(self.server_cpu_us_per_message()),
+            ),
+            ("client_cpu_run_s", num(self.client_cpu_run_s)),
             ("client_recv_enobufs", num(self.client_recv_enobufs as f64)),
             ("connect_retries", num(self.connect_retries as f64)),
         ]
