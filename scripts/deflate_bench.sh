@@ -37,34 +37,15 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
 fi
 mkdir -p "$OUT"
 
-SERVER_PID=""
-cleanup() {
-    if [[ -n "$SERVER_PID" ]]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
-}
-trap cleanup EXIT INT TERM
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+trap stop_server EXIT INT TERM
 
-# start_server FLAGS...: on CPU 0, sets SERVER_PID and URL.
-start_server() {
-    local log=$OUT/server.log
-    taskset -c 0 "$BIN/ringws" serve --workers 1 --no-pin --port 0 "$@" >"$log" 2>&1 &
-    SERVER_PID=$!
-    URL=""
-    for _ in $(seq 200); do
-        URL=$(sed -n 's/^listening on \(ws:\/\/[0-9.:]*\).*/\1\//p' "$log" | head -1)
-        [[ -n $URL ]] && return 0
-        sleep 0.05
-    done
-    echo "deflate_bench: the server did not start:" >&2
-    cat "$log" >&2
-    exit 1
+# serve FLAGS...: `ringws serve` on CPU 0 (lib.sh's start_server); sets SERVER_MAIN_PID and URL.
+serve() {
+    start_server "$OUT/server.log" taskset -c 0 -- --workers 1 --no-pin "$@" >/dev/null
+    URL=$SERVER_URL/
 }
-
-# The value of a scalar in a JSON report.
-field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
 
 # --- fanout ----------------------------------------------------------------------------------
 RUNS=$OUT/fanout.tsv
@@ -75,12 +56,12 @@ fanout_run() { # round config variant
     local server_flags=(--mode broadcast) load_flags=()
     [[ $variant == control ]] && server_flags+=(--no-deflate)
     [[ $variant != plain ]] && load_flags+=(--deflate)
-    start_server "${server_flags[@]}"
+    serve "${server_flags[@]}"
     rm -f "$json"
     taskset -c 1 "$BIN/ringws-load" fanout --url "$URL" --conns "$conns" --size "$size" \
         --duration "$DURATION" --inflight "$INFLIGHT" --workers 1 --grace-ms 20000 \
-        --server-pid "$SERVER_PID" --quiet --out "$json" "${load_flags[@]}" >"$OUT/load-$round-$cfg-$variant.out" 2>&1 || true
-    cleanup
+        --server-pid "$SERVER_MAIN_PID" --quiet --out "$json" "${load_flags[@]}" >"$OUT/load-$round-$cfg-$variant.out" 2>&1 || true
+    stop_server
     [[ -s $json ]] || { echo "no report for $cfg $variant" >&2; cat "$OUT/load-$round-$cfg-$variant.out" >&2; return 0; }
     cp "$json" "$OUT/run-$round-$cfg-$variant.json"
     python3 - "$json" "$round" "$cfg" "$variant" >>"$RUNS" <<'EOF'
@@ -106,13 +87,13 @@ done
 # --- idle memory -----------------------------------------------------------------------------
 MEM=$OUT/memory.tsv
 printf 'round\tvariant\tbaseline_kb\twith_idle_kb\tbytes_per_conn\tdeflate_connections\n' >"$MEM"
-rss_kb() { awk '/^Rss:/ {print $2}' "/proc/$SERVER_PID/smaps_rollup"; }
+rss_kb() { awk '/^Rss:/ {print $2}' "/proc/$SERVER_MAIN_PID/smaps_rollup"; }
 metric() { curl -s "${URL/ws:/http:}metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 
 memory_run() { # round variant(plain|deflate)
     local round=$1 variant=$2 flags=()
     [[ $variant == deflate ]] && flags+=(--deflate)
-    start_server --mode echo
+    serve --mode echo
     taskset -c 1 "$BIN/ringws-load" echo --url "$URL" --conns 1 --size 512 --duration 0.3 \
         --quiet "${flags[@]}" >/dev/null 2>&1
     sleep 0.3
@@ -130,7 +111,7 @@ memory_run() { # round variant(plain|deflate)
     with=$(rss_kb)
     agreed=$(metric ringws_deflate_connections)
     wait "$load" || true
-    cleanup
+    stop_server
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$variant" "$base" "$with" \
         "$(( (with - base) * 1024 / CONNS_IDLE ))" "$agreed" | tee -a "$MEM"
 }
