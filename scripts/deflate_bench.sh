@@ -20,6 +20,8 @@
 # Usage: scripts/deflate_bench.sh        (about 8 minutes on 2 cores)
 # Knobs: ROUNDS=3 DURATION=5 CONFIGS="2000x512 2000x4096 10000x512 10000x4096" INFLIGHT=8
 #        VARIANTS="plain deflate control" CONNS_IDLE=10000 SKIP_BUILD=1 OUT=target/deflate_bench
+#        INTERVAL_MS=T (paced: one broadcast every T ms instead of INFLIGHT back to back, so
+#        every variant runs at the same delivery rate) SKIP_MEMORY=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,6 +58,7 @@ fanout_run() { # round config variant
     local server_flags=(--mode broadcast) load_flags=()
     [[ $variant == control ]] && server_flags+=(--no-deflate)
     [[ $variant != plain ]] && load_flags+=(--deflate)
+    [[ -n ${INTERVAL_MS:-} ]] && load_flags+=(--interval-ms "$INTERVAL_MS")
     serve "${server_flags[@]}"
     rm -f "$json"
     taskset -c 1 "$BIN/ringws-load" fanout --url "$URL" --conns "$conns" --size "$size" \
@@ -117,6 +120,7 @@ memory_run() { # round variant(plain|deflate)
 }
 
 for round in $(seq "$ROUNDS"); do
+    [[ ${SKIP_MEMORY:-0} == 1 ]] && break
     for variant in plain deflate; do
         memory_run "$round" "$variant"
     done
