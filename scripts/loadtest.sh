@@ -21,7 +21,9 @@
 #   GRACE_MS    fanout: wait for the last deliveries      [max(5000, CONNS / 30)]
 #   MODE        fanout through the server's broadcast or pubsub mode   [broadcast]
 #   SERVER_CPUS / LOAD_CPUS  taskset lists                [0 / 1 on 2+ cores]
-#   SERVER_ARGS extra flags for `ringws serve`
+#   SERVER_ARGS extra flags for `ringws serve` (e.g. --no-deflate)
+#   DEFLATE=1   every connection offers permessage-deflate (`ringws-load --deflate`; flag form:
+#               --deflate); JSON-like payloads, echo sends compressed      [off]
 #   NO_BUILD=1  skip `cargo build --release`
 #   NETNS=1     run server and load generator in a fresh network namespace (root; its loopback,
 #               and a larger TCP hash table if net.ipv4.tcp_child_ehash_entries was raised first)
@@ -32,7 +34,8 @@ ROOT=$(pwd)
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        -h|--help|help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help|help) sed -n '2,29p' "$0"; exit 0 ;;
+        --deflate) k=--deflate; v=1; shift ;;
         --*=*) k=${1%%=*}; v=${1#*=}; shift ;;
         --*) k=$1; v=${2:?"$1 needs a value"}; shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -183,6 +186,7 @@ run_scenario() { # scenario
     args=("$sc" --url "$URL" --conns "$conns" --size "$size" --duration "$DURATION"
           --out "$out" --server-pid "$SERVER_PID" --pin-cpus "$lcpu")
     [[ -n ${LOAD_WORKERS:-} ]] && args+=(--workers "$LOAD_WORKERS")
+    [[ ${DEFLATE:-0} == 1 ]] && args+=(--deflate)
     if [[ $sc == fanout ]]; then
         if [[ -n ${BROADCASTS:-} ]]; then
             args+=(--broadcasts "$BROADCASTS" --inflight "${INFLIGHT:-1}")
@@ -225,6 +229,11 @@ summary() {
         printf '%-8s %9s %7s %13s %14s %10s %10s %13s %7s %12s\n' "$(v scenario)" "$(v connections)" \
             "$(v payload_bytes)" "$(v messages_per_s)" "$(v deliveries_per_s)" "$(v latency_p50_us)" \
             "$(v latency_p99_us)" "$(v fanout_complete_p99_ms)ms" "$(v errors)" "$(v server_rss_bytes)"
+        if [[ ${DEFLATE:-0} == 1 ]]; then
+            printf '         deflate: %s of %s agreed, %s declined; compressed received %s, sent %s; ratio %s, %s wire B/msg\n' \
+                "$(v deflate_agreed)" "$(v connected)" "$(v deflate_declined)" "$(v messages_compressed_received)" \
+                "$(v messages_compressed_sent)" "$(v compression_ratio)" "$(v wire_bytes_per_message)"
+        fi
     done
     echo "reports and charts (.svg) in $OUT/"
 }

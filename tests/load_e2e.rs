@@ -1,6 +1,11 @@
 //! The load generator against the real server binary over loopback: a small echo and a small
-//! fanout, checked through the JSON report. No timing assertions.
+//! fanout, checked through the JSON report; the same with `--deflate` (every connection offers
+//! permessage-deflate; compressed messages still pass the payload checks), and against a server
+//! started with `--no-deflate`, which declines. No timing assertions.
+mod common;
+
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -42,11 +47,16 @@ fn out_path(name: &str) -> PathBuf {
     dir.join(format!("{name}-{}.json", std::process::id()))
 }
 
+/// A number of the report (true and false read as 1 and 0).
 fn value(json: &str, key: &str) -> f64 {
     let pat = format!("\"{key}\": ");
     let start = json.find(&pat).unwrap_or_else(|| panic!("{key} missing")) + pat.len();
     let rest = &json[start..];
-    rest[..rest.find([',', '\n']).unwrap()].parse().unwrap()
+    match &rest[..rest.find([',', '\n']).unwrap()] {
+        "true" => 1.0,
+        "false" => 0.0,
+        v => v.parse().unwrap(),
+    }
 }
 
 fn load(args: &[&str], out: &PathBuf) -> String {
@@ -100,6 +110,10 @@ fn echo_50_connections_for_a_second() {
     );
     assert!(value(&json, "latency_max_us") >= value(&json, "latency_p50_us"));
     assert!(value(&json, "server_rss_bytes") > 0.0);
+    assert!(
+        value(&json, "server_cpu_run_s") > 0.0,
+        "the server's CPU time over the run, read from /proc"
+    );
 }
 
 #[test]
@@ -187,4 +201,122 @@ fn fanout_through_pubsub_300_subscribers_nothing_lost() {
     assert_eq!(value(&json, "deliveries"), 3000.0);
     assert_eq!(value(&json, "missing"), 0.0);
     assert_eq!(value(&json, "errors"), 0.0);
+}
+
+/// A sample of the server's `GET /metrics` (`url` is the WebSocket URL `serve` gave).
+fn metric(url: &str, name: &str) -> u64 {
+    let addr: SocketAddr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    common::metric(addr, name)
+}
+
+/// `ringws-load LINE --deflate` (LINE split at spaces); the run must pass and report the offer.
+fn load_deflate(name: &str, line: &str) -> String {
+    let mut args: Vec<&str> = line.split_whitespace().collect();
+    args.push("--deflate");
+    let json = load(&args, &out_path(name));
+    assert_eq!(value(&json, "errors"), 0.0, "{json}");
+    assert_eq!(value(&json, "deflate_offered"), 1.0);
+    json
+}
+
+#[test]
+fn echo_with_deflate_compresses_both_ways() {
+    let (_server, url) = serve("echo");
+    let json = load_deflate(
+        "deflate-echo",
+        &format!("echo --url {url} --conns 20 --size 1000 --duration 1"),
+    );
+    assert_eq!(value(&json, "connected"), 20.0);
+    assert_eq!(
+        value(&json, "deflate_agreed"),
+        20.0,
+        "every connection agreed"
+    );
+    assert_eq!(value(&json, "deflate_declined"), 0.0);
+    let echoes = value(&json, "messages");
+    assert!(echoes >= 20.0, "every connection got at least one echo");
+    // Every echo came back compressed and was byte-compared once inflated (errors == 0).
+    assert!(value(&json, "messages_compressed_received") >= echoes);
+    assert!(value(&json, "messages_compressed_sent") >= echoes);
+    assert!(value(&json, "compression_ratio") > 1.0, "{json}");
+    assert_eq!(metric(&url, "ringws_deflate_connections"), 20);
+    assert!(metric(&url, "ringws_messages_inflated_total") >= echoes as u64);
+    assert!(metric(&url, "ringws_messages_deflated_total") >= echoes as u64);
+}
+
+#[test]
+fn fanout_with_deflate_nothing_lost() {
+    let (_server, url) = serve("broadcast");
+    let json = load_deflate(
+        "deflate-fanout",
+        &format!(
+            "fanout --url {url} --conns 200 --size 1024 --broadcasts 20 --inflight 2 \
+             --duration 30 --workers 2"
+        ),
+    );
+    assert_eq!(value(&json, "connected"), 200.0);
+    assert_eq!(value(&json, "deflate_agreed"), 200.0);
+    assert_eq!(value(&json, "deliveries"), 4000.0);
+    assert_eq!(value(&json, "missing"), 0.0);
+    assert!(value(&json, "messages_compressed_received") >= 4000.0);
+    assert!(
+        value(&json, "compression_ratio") > 1.5,
+        "JSON-like payloads"
+    );
+    assert!(value(&json, "wire_bytes_per_message") < 1024.0);
+    // The publisher sends plain; the server compressed the broadcast for every subscriber.
+    assert_eq!(value(&json, "messages_compressed_sent"), 0.0);
+    assert!(metric(&url, "ringws_messages_deflated_total") >= 4000);
+}
+
+#[test]
+fn pubsub_text_with_deflate_nothing_lost() {
+    let (_server, url) = serve("pubsub");
+    let json = load_deflate(
+        "deflate-pubsub",
+        &format!(
+            "fanout --mode pubsub --url {url} --conns 100 --size 600 --broadcasts 10 --duration 30"
+        ),
+    );
+    assert_eq!(
+        value(&json, "connected"),
+        100.0,
+        "every subscription confirmed"
+    );
+    assert_eq!(value(&json, "deflate_agreed"), 100.0);
+    assert_eq!(value(&json, "deliveries"), 1000.0);
+    assert!(value(&json, "messages_compressed_received") >= 1000.0);
+    assert!(metric(&url, "ringws_messages_deflated_total") >= 1000);
+}
+
+#[test]
+fn a_server_without_deflate_declines_and_the_run_stays_plain() {
+    let (_server, url) = serve_with("broadcast", &["--no-deflate"]);
+    let json = load_deflate(
+        "deflate-declined",
+        &format!("fanout --url {url} --conns 100 --size 512 --broadcasts 10 --duration 30"),
+    );
+    assert_eq!(value(&json, "connected"), 100.0);
+    assert_eq!(value(&json, "deflate_agreed"), 0.0);
+    assert_eq!(value(&json, "deflate_declined"), 100.0, "each one counted");
+    assert_eq!(value(&json, "deliveries"), 1000.0);
+    assert_eq!(value(&json, "messages_compressed_received"), 0.0);
+    assert_eq!(metric(&url, "ringws_messages_deflated_total"), 0);
+    assert_eq!(metric(&url, "ringws_deflate_connections"), 0);
+    let (_echo, url) = serve_with("echo", &["--no-deflate"]);
+    let json = load_deflate(
+        "deflate-declined-echo",
+        &format!("echo --url {url} --conns 10 --size 512 --duration 0.5"),
+    );
+    assert_eq!(value(&json, "deflate_declined"), 10.0);
+    assert_eq!(
+        value(&json, "messages_compressed_sent"),
+        0.0,
+        "plain when declined"
+    );
+    assert!(value(&json, "messages") >= 10.0);
 }

@@ -1,7 +1,7 @@
 //! The JSON report carries every key scripts rely on; the chart and the command line.
 use ringws::load::args::{Args, Scenario};
 use ringws::load::payload;
-use ringws::load::report::{Errors, Report, Rss, Sample};
+use ringws::load::report::{Compression, Errors, Report, Rss, Sample};
 use ringws::load::stats::BroadcastResult;
 use ringws::load::svg;
 
@@ -98,6 +98,15 @@ fn json_has_every_required_key_with_its_value() {
     assert_eq!(value(&json, "server_rss_bytes"), "4000");
     assert_eq!(value(&json, "server_rss_per_conn_bytes"), "1000");
     assert_eq!(value(&json, "connect_per_s"), "6");
+    assert_eq!(value(&json, "server_cpu_run_s"), "0", "no --server-pid");
+    let r = Report {
+        server_cpu_run_s: 0.5,
+        ..sample_report()
+    };
+    assert_eq!(
+        value(&r.to_json(), "server_cpu_us_per_message"),
+        "83333.333"
+    );
     assert_eq!(value(&json, "passed"), "false");
 }
 
@@ -172,6 +181,9 @@ fn command_line_parses_and_refuses_non_loopback_targets() {
         "fanout needs 16 bytes of header"
     );
     assert!(args("flood").is_err());
+    assert!(!args("echo").unwrap().deflate);
+    let d = args("echo --deflate --conns 5").unwrap();
+    assert!(d.deflate && d.conns == 5, "--deflate takes no value");
     assert!(args("echo --conns").is_err());
     let e = args("echo --workers 2 --conns 50000").unwrap();
     assert_eq!(e.worker_count(), 3, "asked for 2, but 50,000 need 3 rings");
@@ -188,20 +200,82 @@ fn payloads_round_trip_and_corruption_is_caught() {
     assert!(!payload::check_echo(&buf, &t, 42));
     assert!(!payload::check_echo(&buf[..511], &t, 42));
     let mut f = vec![0u8; 64];
-    payload::write_fanout(&mut f, 7, 123_456);
+    payload::write_fanout(&mut f, &t, 7, 123_456);
     assert_eq!(payload::read_fanout(&f), Some((7, 123_456)));
     assert_eq!(payload::read_fanout(&f[..15]), None);
+    assert!(payload::check_fanout_body(
+        &f,
+        &t,
+        payload::FANOUT_HEADER_BYTES
+    ));
+    f[40] ^= 1;
+    assert!(!payload::check_fanout_body(
+        &f,
+        &t,
+        payload::FANOUT_HEADER_BYTES
+    ));
+    assert!(
+        !payload::check_fanout_body(&t, &t[..64], 16),
+        "longer than the template"
+    );
+    let letters = payload::template_for(40, true, false);
     let mut t = vec![0u8; 40];
-    payload::write_fanout_text(&mut t, 0x0123_4567_89ab_cdef, 42);
+    payload::write_fanout_text(&mut t, &letters, 0x0123_4567_89ab_cdef, 42);
     assert!(t.is_ascii(), "pubsub carries text");
     assert_eq!(&t[..16], b"0123456789abcdef");
     assert_eq!(
         payload::read_fanout_text(&t),
         Some((0x0123_4567_89ab_cdef, 42))
     );
+    assert!(payload::check_fanout_body(&t, &letters, 32));
     t[3] = b'z';
     assert_eq!(payload::read_fanout_text(&t), None);
     assert_eq!(payload::read_fanout_text(&t[..31]), None);
+}
+
+#[test]
+fn json_filler_is_text_deterministic_and_compresses_like_json() {
+    let j = payload::template_for(4096, false, true);
+    assert_eq!(j.len(), 4096);
+    assert!(j.is_ascii() && j.starts_with(br#"{"e":"trade","E":"#));
+    assert_eq!(j, payload::json_template(4096), "the same in every worker");
+    assert_eq!(&payload::json_template(100)[..], &j[..100]);
+    let mut packed = Vec::new();
+    ringws::proto::deflate::Deflater::new(1, 15).compress_message(&j, &mut packed);
+    let ratio = j.len() as f64 / packed.len() as f64;
+    // Varying numbers: compressible as JSON is, not a repeated string (which gives ~50:1).
+    assert!((2.0..10.0).contains(&ratio), "ratio {ratio}");
+    let mut f = vec![0u8; 512];
+    payload::write_fanout_text(&mut f, &j, 3, 9);
+    assert_eq!(payload::read_fanout_text(&f), Some((3, 9)));
+    assert!(payload::check_fanout_body(&f, &j, 32));
+}
+
+#[test]
+fn compression_counts_add_up_in_the_report() {
+    let mut r = sample_report();
+    let per_worker = Compression {
+        offered: true,
+        agreed: 2,
+        declined: 1,
+        messages_received: 4,
+        compressed_received: 3,
+        compressed_sent: 0,
+        wire_bytes_received: 500,
+        payload_bytes_received: 1500,
+    };
+    r.compression.add(&per_worker);
+    r.compression.add(&per_worker);
+    let json = r.to_json();
+    assert_eq!(value(&json, "deflate_offered"), "true");
+    assert_eq!(value(&json, "deflate_agreed"), "4");
+    assert_eq!(value(&json, "deflate_declined"), "2");
+    assert_eq!(value(&json, "messages_compressed_received"), "6");
+    assert_eq!(value(&json, "wire_bytes_received"), "1000");
+    assert_eq!(value(&json, "compression_ratio"), "3");
+    assert_eq!(value(&json, "wire_bytes_per_message"), "125");
+    assert!(r.table().contains("deflate_agreed"));
+    assert_eq!(value(&sample_report().to_json(), "compression_ratio"), "0");
 }
 
 #[test]

@@ -27,6 +27,8 @@ usage: ringws-load <echo|fanout|connect|idle> [options]
   --mode broadcast|pubsub      fanout: the server's mode; pubsub subscribes to        [broadcast]
                                --topic and publishes text (size >= 32)
   --topic T                    pubsub topic                                           [bench]
+  --deflate                    offer permessage-deflate (RFC 7692) on every connection;
+                               JSON-like payloads; echo sends >= 128 B compressed
   --quiet                      no progress line";
 
 /// Connections one ring may hold (its fixed-file table), below the 20,000 fd/ring limit here.
@@ -75,6 +77,8 @@ pub struct Args {
     pub deadline_ms: Option<u64>,
     pub grace_ms: u64,
     pub quiet: bool,
+    /// Offer permessage-deflate on every connection (and compress echo sends).
+    pub deflate: bool,
     /// Fanout through the server's pubsub mode on this topic (None: broadcast mode).
     pub pubsub_topic: Option<String>,
     topic: String,
@@ -142,14 +146,16 @@ impl Args {
         let mut a = Args::defaults(scenario);
         let mut it = argv[1..].iter();
         while let Some(flag) = it.next() {
-            if flag == "--quiet" {
-                a.quiet = true;
-                continue;
+            match flag.as_str() {
+                "--quiet" => a.quiet = true,
+                "--deflate" => a.deflate = true,
+                _ => {
+                    let Some(v) = it.next() else {
+                        return err(format!("{flag} needs a value"));
+                    };
+                    a.set(flag, v)?;
+                }
             }
-            let Some(v) = it.next() else {
-                return err(format!("{flag} needs a value"));
-            };
-            a.set(flag, v)?;
         }
         a.validate()?;
         Ok(a)
@@ -179,6 +185,7 @@ impl Args {
             deadline_ms: None,
             grace_ms: 5_000,
             quiet: false,
+            deflate: false,
             pubsub_topic: None,
             topic: "bench".into(),
         }

@@ -51,6 +51,76 @@ impl Errors {
     }
 }
 
+/// permessage-deflate as the client saw it. Bytes and messages count what arrived on every open
+/// connection, the fanout publisher's own copies included (frames, not the handshake answer);
+/// `wire` is what TCP delivered, `payload` what the messages held once inflated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compression {
+    /// `--deflate`: every connection offered it.
+    pub offered: bool,
+    /// Connections (subscribers, echo or idle ones; not the publisher) whose server agreed.
+    pub agreed: u64,
+    /// Connections that offered it and got a plain answer (they stay uncompressed).
+    pub declined: u64,
+    pub messages_received: u64,
+    /// Received messages that arrived compressed (RSV1).
+    pub compressed_received: u64,
+    /// Echo messages sent compressed.
+    pub compressed_sent: u64,
+    pub wire_bytes_received: u64,
+    pub payload_bytes_received: u64,
+}
+
+impl Compression {
+    pub fn add(&mut self, o: &Compression) {
+        self.offered |= o.offered;
+        self.agreed += o.agreed;
+        self.declined += o.declined;
+        self.messages_received += o.messages_received;
+        self.compressed_received += o.compressed_received;
+        self.compressed_sent += o.compressed_sent;
+        self.wire_bytes_received += o.wire_bytes_received;
+        self.payload_bytes_received += o.payload_bytes_received;
+    }
+
+    /// Payload bytes per wire byte received (> 1: compression saved bytes); 0 with no data.
+    pub fn ratio(&self) -> f64 {
+        if self.wire_bytes_received == 0 {
+            return 0.0;
+        }
+        self.payload_bytes_received as f64 / self.wire_bytes_received as f64
+    }
+
+    /// Wire bytes received per message received (frame headers, pings and closes included).
+    pub fn wire_bytes_per_message(&self) -> f64 {
+        if self.messages_received == 0 {
+            return 0.0;
+        }
+        self.wire_bytes_received as f64 / self.messages_received as f64
+    }
+
+    fn fields(&self) -> [(&'static str, String); 10] {
+        [
+            ("deflate_offered", self.offered.to_string()),
+            ("deflate_agreed", num(self.agreed as f64)),
+            ("deflate_declined", num(self.declined as f64)),
+            ("messages_received", num(self.messages_received as f64)),
+            (
+                "messages_compressed_received",
+                num(self.compressed_received as f64),
+            ),
+            ("messages_compressed_sent", num(self.compressed_sent as f64)),
+            ("wire_bytes_received", num(self.wire_bytes_received as f64)),
+            (
+                "payload_bytes_received",
+                num(self.payload_bytes_received as f64),
+            ),
+            ("compression_ratio", num(self.ratio())),
+            ("wire_bytes_per_message", num(self.wire_bytes_per_message())),
+        ]
+    }
+}
+
 /// Server VmRSS (bytes) at each phase; 0 when not measured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rss {
@@ -88,6 +158,11 @@ pub struct Report {
     /// Connection attempts repeated after a failure to open (e.g. a 503 past the server's
     /// pending-handshake limit); not errors unless the last attempt fails too.
     pub connect_retries: u64,
+    pub compression: Compression,
+    /// CPU seconds the server (`--server-pid`) used during the run phase (0: not measured).
+    pub server_cpu_run_s: f64,
+    /// CPU seconds the load generator itself used during the run phase (is it the limit?).
+    pub client_cpu_run_s: f64,
 }
 
 fn per_s(count: u64, secs: f64) -> f64 {
@@ -162,6 +237,19 @@ impl Report {
             / self.connected as f64
     }
 
+    /// Server CPU per echo message or fanout delivery during the run phase, in µs.
+    pub fn server_cpu_us_per_message(&self) -> f64 {
+        let n = if self.deliveries > 0 {
+            self.deliveries
+        } else {
+            self.messages
+        };
+        if n == 0 {
+            return 0.0;
+        }
+        self.server_cpu_run_s * 1e6 / n as f64
+    }
+
     pub fn broadcasts_complete(&self, subscribers: u64) -> usize {
         self.broadcasts
             .iter()
@@ -175,6 +263,13 @@ impl Report {
     }
 
     fn scalar_fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = self.run_fields();
+        fields.extend(self.compression.fields());
+        fields.push(("passed", self.passed().to_string()));
+        fields
+    }
+
+    fn run_fields(&self) -> Vec<(&'static str, String)> {
         let e = &self.errors;
         vec![
             ("scenario", json_str(&self.scenario)),
@@ -225,9 +320,14 @@ impl Report {
                 "server_rss_per_conn_bytes",
                 num(self.server_rss_per_conn_bytes()),
             ),
+            ("server_cpu_run_s", num(self.server_cpu_run_s)),
+            (
+                "server_cpu_us_per_message",
+                num(self.server_cpu_us_per_message()),
+            ),
+            ("client_cpu_run_s", num(self.client_cpu_run_s)),
             ("client_recv_enobufs", num(self.client_recv_enobufs as f64)),
             ("connect_retries", num(self.connect_retries as f64)),
-            ("passed", self.passed().to_string()),
         ]
     }
 

@@ -40,6 +40,30 @@ pub fn rss_bytes(pid: Option<u32>) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Clock ticks per second of the times in /proc/PID/stat (USER_HZ: 100 on every Linux
+/// architecture we build for).
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds (user + system) a process has used, from /proc/PID/stat; 0 if unreadable.
+pub fn cpu_s(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3; utime and stime
+    // are fields 14 and 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / USER_HZ
+}
+
 /// Splits the connections over the workers; worker 0 also takes the fanout publisher.
 pub fn setups(args: &Args, workers: u32) -> Vec<Setup> {
     let per = args.conns / workers;
@@ -81,6 +105,7 @@ fn plan(args: &Args, src_ips: u32) -> Plan {
         retries: args.retries,
         stall_ms: args.grace_ms,
         pubsub_topic: args.pubsub_topic.clone(),
+        deflate: args.deflate,
     }
 }
 
@@ -90,6 +115,9 @@ struct Clock {
     run_start_ns: u64,
     run_end_ns: u64,
     deadline_hit: bool,
+    /// The server's and this process's CPU seconds when the run phase began and ended.
+    server_cpu_s: (f64, f64),
+    client_cpu_s: (f64, f64),
 }
 
 fn phase_name(p: u8) -> &'static str {
@@ -176,6 +204,8 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
         run_start_ns: 0,
         run_end_ns: 0,
         deadline_hit: false,
+        server_cpu_s: (0.0, 0.0),
+        client_cpu_s: (0.0, 0.0),
     };
     let mut p = phase::CONNECT;
     let mut last = (0u64, 0u64); // (time, messages) at the last sample
@@ -214,6 +244,8 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
                 shared
                     .subscribers_open
                     .store(open.saturating_sub(publisher), Ordering::Release);
+                clock.server_cpu_s.0 = cpu_s(args.server_pid);
+                clock.client_cpu_s.0 = cpu_s(Some(std::process::id()));
                 clock.run_start_ns = shared.now_ns();
                 shared
                     .run_start_ns
@@ -246,6 +278,10 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
             }
             _ => {}
         }
+    }
+    if clock.run_start_ns != 0 {
+        clock.server_cpu_s.1 = cpu_s(args.server_pid);
+        clock.client_cpu_s.1 = cpu_s(Some(std::process::id()));
     }
     if !args.quiet {
         sample(args, shared, shared.now_ns(), last, p, timeline);
@@ -301,6 +337,7 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         report.messages += o.messages;
         report.client_recv_enobufs += o.recv_enobufs;
         report.connect_retries += o.retries;
+        report.compression.add(&o.compression);
         for (code, reason) in o.close_codes.iter().take(1) {
             eprintln!("ringws-load: the server closed a connection: {code} {reason:?}");
         }
@@ -317,6 +354,9 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         report.fanout_complete_p99_ns = stats::complete_quantile_ns(&report.broadcasts, subs, 0.99);
         report.fanout_complete_max_ns = stats::complete_quantile_ns(&report.broadcasts, subs, 1.0);
     }
+    report.compression.offered = args.deflate;
+    report.server_cpu_run_s = clock.server_cpu_s.1 - clock.server_cpu_s.0;
+    report.client_cpu_run_s = clock.client_cpu_s.1 - clock.client_cpu_s.0;
     report.connect_s = clock.connect_end_ns.max(1) as f64 / 1e9;
     report.duration_s = clock.run_end_ns.saturating_sub(clock.run_start_ns) as f64 / 1e9;
     if args.scenario == Scenario::Connect {

@@ -16,6 +16,12 @@
 //! bytes leave together at the end of the loop turn. One `io_uring_enter` per turn
 //! (submit and wait together), unless the submission queue fills up first.
 //!
+//! With `--deflate` every upgrade request offers permessage-deflate (`deflate::CLIENT_OFFER`,
+//! no context takeover either way) and the answer sets what was agreed on the connection's core.
+//! Compressed messages are inflated by the core with an inflater the worker lends (no zlib state
+//! per connection, nothing allocated per message); echo sends of at least `COMPRESS_BYTES_MIN`
+//! go out compressed by the worker's one deflater when that makes them smaller.
+//!
 //! `user_data` = attempt (8 bits) << 40 | op (8 bits) << 32 | connection index (32 bits). A
 //! connection that failed to open is retried on the same slot with the next attempt number, so
 //! completions of an earlier attempt are recognised as stale.
@@ -32,10 +38,11 @@ use io_uring::{IoUring, cqueue, opcode, squeue};
 use super::buffers::RecvPool;
 use crate::load::args::Scenario;
 use crate::load::payload;
-use crate::load::report::Errors;
+use crate::load::report::{Compression, Errors};
 use crate::load::seq::{SeqCounts, SeqTracker};
 use crate::load::stats::{Broadcasts, Latency};
 use crate::proto::connection::{Connection, Limits, MessageKind, Role, Sink, State};
+use crate::proto::deflate::{self, Deflater, Inflater};
 use crate::proto::frame;
 use crate::proto::handshake::{self, ClientParsed};
 
@@ -55,6 +62,13 @@ pub mod phase {
 const RESPONSE_BYTES_MAX: usize = 8192;
 /// Buffer group id of the receive buffer ring.
 const BUF_GROUP: u16 = 7;
+/// Echo sends shorter than this go out plain (the server's default `--deflate-bytes-min`).
+const COMPRESS_BYTES_MIN: usize = 128;
+/// zlib level of compressed sends: the fastest.
+const COMPRESS_LEVEL: u8 = 1;
+/// Gather buffers a worker keeps to lend again, and the largest one it keeps.
+const LENT_BUFFERS_KEPT_MAX: usize = 16;
+const LENT_BUFFER_KEPT_BYTES_MAX: usize = 1 << 20;
 
 // Operations carried in `user_data`.
 const OP_SOCKET: u8 = 1;
@@ -103,6 +117,8 @@ pub struct Plan {
     /// Fanout through pubsub: subscribers send `sub <topic>` and count as open once the server
     /// answers `ok sub <topic>`; the publisher sends `pub <topic> <payload>` (text).
     pub pubsub_topic: Option<String>,
+    /// Offer permessage-deflate; payloads are JSON-like, echo sends compressed.
+    pub deflate: bool,
 }
 
 /// Counters and the phase, shared by all workers and the main thread.
@@ -185,6 +201,7 @@ pub struct Outcome {
     pub retries: u64,
     /// The first Close frames the server sent (code, reason), for diagnosis.
     pub close_codes: Vec<(u16, String)>,
+    pub compression: Compression,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -267,6 +284,16 @@ struct RecvCtx<'a> {
     subscribed: &'a mut bool,
     just_subscribed: bool,
     out: &'a mut Outcome,
+    lend: &'a mut Lend,
+}
+
+/// What a worker lends its connections' cores for one message at a time: the inflater (our
+/// offer asks the server not to keep its window, so no connection holds one) and buffers to
+/// gather a message or inflate it into.
+#[derive(Default)]
+struct Lend {
+    inflater: Option<Box<Inflater>>,
+    buffers: Vec<Vec<u8>>,
 }
 
 struct ConnSink<'a, 'b> {
@@ -278,6 +305,8 @@ struct ConnSink<'a, 'b> {
 impl Sink for ConnSink<'_, '_> {
     fn message(&mut self, _kind: MessageKind, payload: &[u8]) {
         let c = &mut *self.ctx;
+        c.out.compression.messages_received += 1;
+        c.out.compression.payload_bytes_received += payload.len() as u64;
         match (c.scenario, c.kind) {
             (Scenario::Echo, Kind::Peer) => {
                 if payload::check_echo(payload, &c.template[..c.size], c.echo_counter) {
@@ -294,7 +323,14 @@ impl Sink for ConnSink<'_, '_> {
                 }
             }
             (Scenario::Fanout, Kind::Peer) => match read_fanout(c.topic.is_some(), payload) {
-                Some((seq, sent_ns)) if payload.len() == c.size => {
+                Some((seq, sent_ns))
+                    if payload.len() == c.size
+                        && payload::check_fanout_body(
+                            payload,
+                            c.template,
+                            header_bytes(c.topic),
+                        ) =>
+                {
                     c.seq.observe(seq, &mut c.out.seq);
                     c.out.broadcasts.record(seq, sent_ns, c.now_ns);
                     c.out.latency.record_ns(c.now_ns.saturating_sub(sent_ns));
@@ -320,6 +356,35 @@ impl Sink for ConnSink<'_, '_> {
     fn send_frame(&mut self, frame: &[u8]) {
         self.pending.extend_from_slice(frame);
     }
+
+    fn take_buffer(&mut self) -> Vec<u8> {
+        self.ctx.lend.buffers.pop().unwrap_or_default()
+    }
+
+    fn give_buffer(&mut self, buf: Vec<u8>) {
+        let kept = &mut self.ctx.lend.buffers;
+        if kept.len() < LENT_BUFFERS_KEPT_MAX && buf.capacity() <= LENT_BUFFER_KEPT_BYTES_MAX {
+            kept.push(buf);
+        }
+    }
+
+    fn take_inflater(&mut self) -> Box<Inflater> {
+        self.ctx.out.compression.compressed_received += 1;
+        self.ctx.lend.inflater.take().unwrap_or_default()
+    }
+
+    fn give_inflater(&mut self, inflater: Box<Inflater>) {
+        self.ctx.lend.inflater = Some(inflater);
+    }
+}
+
+/// Bytes before the filler of a fanout payload: binary, or text (pubsub).
+fn header_bytes(topic: Option<&str>) -> usize {
+    if topic.is_some() {
+        payload::FANOUT_TEXT_HEADER_BYTES
+    } else {
+        payload::FANOUT_HEADER_BYTES
+    }
 }
 
 fn read_fanout(text: bool, payload: &[u8]) -> Option<(u64, u64)> {
@@ -330,9 +395,11 @@ fn read_fanout(text: bool, payload: &[u8]) -> Option<(u64, u64)> {
     }
 }
 
-/// Appends one masked binary frame holding `fill`'s payload to `out`.
+/// Appends one masked frame holding `fill`'s payload to `out`; `compressed` sets RSV1 (the
+/// payload is then a `Deflater`'s output).
 fn queue_frame(
     kind: MessageKind,
+    compressed: bool,
     proto: &mut Connection,
     out: &mut Vec<u8>,
     size: usize,
@@ -344,9 +411,35 @@ fn queue_frame(
     let (head, body) = out[start..].split_at_mut(header);
     fill(body);
     let mut encoded = [0u8; frame::HEADER_BYTES_MAX];
-    let n = proto.encode_data_header(kind, body, &mut encoded);
+    let n = proto.encode_message_header(kind, compressed, body, &mut encoded);
     assert_eq!(n, header, "header length of a masked frame");
     head.copy_from_slice(&encoded[..n]);
+}
+
+/// Compresses echo sends: the worker's one deflater and its scratch buffers.
+#[derive(Default)]
+struct Packer {
+    deflater: Option<Deflater>,
+    plain: Vec<u8>,
+    packed: Vec<u8>,
+}
+
+impl Packer {
+    /// Fills `plain` with `size` bytes from `fill`, compresses them into `packed` for a receiver
+    /// window of `window_bits`; true if that made them smaller.
+    fn pack(&mut self, window_bits: u8, size: usize, fill: impl FnOnce(&mut [u8])) -> bool {
+        if self.deflater.as_ref().map(Deflater::window_bits) != Some(window_bits) {
+            // Once per worker: every connection to one server agrees the same window.
+            self.deflater = Some(Deflater::new(COMPRESS_LEVEL, window_bits));
+        }
+        self.plain.clear();
+        self.plain.resize(size, 0);
+        fill(&mut self.plain);
+        self.packed.clear();
+        let deflater = self.deflater.as_mut().expect("made above");
+        deflater.compress_message(&self.plain, &mut self.packed);
+        self.packed.len() < size
+    }
 }
 
 /// 16-byte random values from getrandom(2), fetched 4 KiB at a time.
@@ -424,6 +517,8 @@ struct Worker {
     connect_timeout: Box<Timespec>,
     template: Vec<u8>,
     limits: Limits,
+    lend: Lend,
+    packer: Packer,
     random: Random,
     cqes: Vec<(u64, i32, u32)>,
     local: Local,
@@ -527,8 +622,10 @@ impl Worker {
             retry_queue: std::collections::VecDeque::new(),
             addrs: addrs.into_boxed_slice(),
             connect_timeout,
-            template: payload::template(plan.size),
+            template: payload::template_for(plan.size, plan.pubsub_topic.is_some(), plan.deflate),
             limits,
+            lend: Lend::default(),
+            packer: Packer::default(),
             random,
             cqes: Vec::with_capacity(cq as usize),
             local: Local::default(),
@@ -861,6 +958,14 @@ impl Worker {
             &key,
             None,
         );
+        if self.plan.deflate {
+            // The offer goes before the blank line that ends the request.
+            c.pending.truncate(c.pending.len() - 2);
+            c.pending.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+            c.pending
+                .extend_from_slice(deflate::CLIENT_OFFER.as_bytes());
+            c.pending.extend_from_slice(b"\r\n\r\n");
+        }
         self.mark_dirty(i);
         self.arm_recv(i)
     }
@@ -906,14 +1011,14 @@ impl Worker {
             let bid = cqueue::buffer_select(flags).expect("a receive with data names its buffer");
             let now_ns = self.shared.now_ns();
             let data = self.bufs.buffer(bid, res as u32);
-            let outcome = on_data(
-                &mut self.conns[i as usize],
-                data,
-                &self.plan,
-                &self.template,
+            let mut env = Env {
+                plan: &self.plan,
+                template: &self.template,
                 now_ns,
-                &mut self.out,
-            );
+                out: &mut self.out,
+                lend: &mut self.lend,
+            };
+            let outcome = on_data(&mut self.conns[i as usize], data, &mut env);
             self.bufs.put_back(bid);
             self.after_data(i, outcome, now_ns)?;
         } else if res == -libc::ENOBUFS {
@@ -936,6 +1041,7 @@ impl Worker {
             DataOutcome::Opened => {
                 self.connecting -= 1;
                 self.local.open += 1;
+                self.count_deflate(i);
                 if self.seen_phase == phase::RUN && self.plan.scenario == Scenario::Echo {
                     self.send_echo(i, now_ns);
                 }
@@ -963,6 +1069,20 @@ impl Worker {
         Ok(())
     }
 
+    /// An opened connection (not the publisher) that offered permessage-deflate: agreed or not.
+    fn count_deflate(&mut self, i: u32) {
+        let c = &self.conns[i as usize];
+        if !self.plan.deflate || c.kind != Kind::Peer {
+            return;
+        }
+        let counts = &mut self.out.compression;
+        if c.proto.deflate().is_some() {
+            counts.agreed += 1;
+        } else {
+            counts.declined += 1;
+        }
+    }
+
     // --- scenario -----------------------------------------------------------------------------
 
     fn send_echo(&mut self, i: u32, now_ns: u64) {
@@ -973,13 +1093,32 @@ impl Worker {
             return;
         }
         let counter = c.echo_counter;
-        queue_frame(
-            MessageKind::Binary,
-            &mut c.proto,
-            &mut c.pending,
-            size,
-            |body| payload::write_echo(body, template, counter),
-        );
+        let fill = |body: &mut [u8]| payload::write_echo(body, template, counter);
+        match c.proto.deflate() {
+            Some(d) if size >= COMPRESS_BYTES_MIN => {
+                let p = &mut self.packer;
+                let compressed = p.pack(d.send_window_bits, size, fill);
+                let body = if compressed { &p.packed } else { &p.plain };
+                let (proto, pending) = (&mut c.proto, &mut c.pending);
+                queue_frame(
+                    MessageKind::Binary,
+                    compressed,
+                    proto,
+                    pending,
+                    body.len(),
+                    |b| b.copy_from_slice(body),
+                );
+                self.out.compression.compressed_sent += u64::from(compressed);
+            }
+            _ => queue_frame(
+                MessageKind::Binary,
+                false,
+                &mut c.proto,
+                &mut c.pending,
+                size,
+                fill,
+            ),
+        }
         c.echo_sent_ns = now_ns;
         self.mark_dirty(i);
     }
@@ -1034,20 +1173,24 @@ impl Worker {
         let seq = self.published;
         let size = self.plan.size;
         let sent_ns = self.shared.now_ns();
+        let template = &self.template;
         let c = &mut self.conns[i as usize];
+        // Sent plain even with deflate agreed: the server compresses the broadcast once.
         match self.plan.pubsub_topic.as_deref() {
             None => queue_frame(
                 MessageKind::Binary,
+                false,
                 &mut c.proto,
                 &mut c.pending,
                 size,
-                |body| payload::write_fanout(body, seq, sent_ns),
+                |body| payload::write_fanout(body, template, seq, sent_ns),
             ),
             Some(topic) => {
                 // `pub <topic> <payload>`: subscribers receive the payload alone.
                 let prefix = 5 + topic.len();
                 queue_frame(
                     MessageKind::Text,
+                    false,
                     &mut c.proto,
                     &mut c.pending,
                     prefix + size,
@@ -1055,7 +1198,7 @@ impl Worker {
                         body[..4].copy_from_slice(b"pub ");
                         body[4..prefix - 1].copy_from_slice(topic.as_bytes());
                         body[prefix - 1] = b' ';
-                        payload::write_fanout_text(&mut body[prefix..], seq, sent_ns);
+                        payload::write_fanout_text(&mut body[prefix..], template, seq, sent_ns);
                     },
                 )
             }
@@ -1214,41 +1357,42 @@ enum DataOutcome {
     Failed,
 }
 
-/// Feeds received bytes to the handshake or the protocol core.
-fn on_data(
-    c: &mut Conn,
-    data: &mut [u8],
-    plan: &Plan,
-    template: &[u8],
+/// The worker's side of one receive: what bytes are checked against, where results go.
+struct Env<'a> {
+    plan: &'a Plan,
+    template: &'a [u8],
     now_ns: u64,
-    out: &mut Outcome,
-) -> DataOutcome {
+    out: &'a mut Outcome,
+    lend: &'a mut Lend,
+}
+
+/// Feeds received bytes to the handshake or the protocol core.
+fn on_data(c: &mut Conn, data: &mut [u8], env: &mut Env<'_>) -> DataOutcome {
     match c.phase {
-        Phase::Handshaking => on_response(c, data, plan, template, now_ns, out),
-        Phase::Open => on_frames(c, data, plan, template, now_ns, out),
+        Phase::Handshaking => on_response(c, data, env),
+        Phase::Open => on_frames(c, data, env),
         _ => DataOutcome::Nothing,
     }
 }
 
-fn on_response(
-    c: &mut Conn,
-    data: &mut [u8],
-    plan: &Plan,
-    template: &[u8],
-    now_ns: u64,
-    out: &mut Outcome,
-) -> DataOutcome {
+fn on_response(c: &mut Conn, data: &mut [u8], env: &mut Env<'_>) -> DataOutcome {
     c.response.extend_from_slice(data);
-    let header_len = match handshake::parse_response(&c.response, &c.key, RESPONSE_BYTES_MAX) {
-        Ok(ClientParsed::Incomplete) => return DataOutcome::Nothing,
-        Ok(ClientParsed::Accepted { header_len, .. }) => header_len,
+    let offered = env.plan.deflate;
+    let parsed =
+        handshake::parse_response_offering(&c.response, &c.key, RESPONSE_BYTES_MAX, offered);
+    let (header_len, agreed) = match parsed {
+        Ok((ClientParsed::Incomplete, _)) => return DataOutcome::Nothing,
+        Ok((ClientParsed::Accepted { header_len, .. }, agreed)) => (header_len, agreed),
         Err(_) => return DataOutcome::HandshakeFailed,
     };
     c.phase = Phase::Open;
-    if let Some(topic) = plan.pubsub_topic.as_deref().filter(|_| !c.subscribed) {
+    // None when the server declined: the connection stays plain.
+    c.proto.set_deflate(agreed);
+    if let Some(topic) = env.plan.pubsub_topic.as_deref().filter(|_| !c.subscribed) {
         let size = 4 + topic.len();
         queue_frame(
             MessageKind::Text,
+            false,
             &mut c.proto,
             &mut c.pending,
             size,
@@ -1262,7 +1406,7 @@ fn on_response(
     let mut outcome = DataOutcome::Nothing;
     if rest.len() > header_len {
         let len = rest.len();
-        outcome = on_frames(c, &mut rest[header_len..len], plan, template, now_ns, out);
+        outcome = on_frames(c, &mut rest[header_len..len], env);
     }
     match outcome {
         DataOutcome::Failed => DataOutcome::HandshakeFailed,
@@ -1271,27 +1415,22 @@ fn on_response(
     }
 }
 
-fn on_frames(
-    c: &mut Conn,
-    data: &mut [u8],
-    plan: &Plan,
-    template: &[u8],
-    now_ns: u64,
-    out: &mut Outcome,
-) -> DataOutcome {
+fn on_frames(c: &mut Conn, data: &mut [u8], env: &mut Env<'_>) -> DataOutcome {
+    env.out.compression.wire_bytes_received += data.len() as u64;
     let mut ctx = RecvCtx {
-        scenario: plan.scenario,
+        scenario: env.plan.scenario,
         kind: c.kind,
-        size: plan.size,
-        template,
-        now_ns,
+        size: env.plan.size,
+        template: env.template,
+        now_ns: env.now_ns,
         seq: &mut c.seq,
         echo_counter: c.echo_counter,
         echo_ok: false,
-        topic: plan.pubsub_topic.as_deref(),
+        topic: env.plan.pubsub_topic.as_deref(),
         subscribed: &mut c.subscribed,
         just_subscribed: false,
-        out,
+        out: env.out,
+        lend: env.lend,
     };
     let mut sink = ConnSink {
         pending: &mut c.pending,
