@@ -5,6 +5,10 @@
 #
 # 1. Python `websockets` (tests/clients/python_client.py echo) and 2. Node `ws` (tests/clients/node_client.mjs):
 #    text and binary echoes from 1 B to 1 MiB checked byte for byte, a ping and its pong, a clean close 1000.
+#    Then both again with permessage-deflate (`python_client.py deflate`, `node_client.mjs --deflate`): the
+#    handshake must agree it, JSON-like and random text and binary from 1 B to 1 MiB are checked byte for
+#    byte, compressible echoes must come back compressed, and a second connection offers
+#    server_max_window_bits=10 (client_max_window_bits=10 too), which the server must honour.
 # 3. Graceful shutdown: 10 clients connected, SIGTERM to the server; each must receive Close 1001 and the
 #    server must exit 0 (within 30 s).
 # Installs the pinned client dependencies first when missing (tests/clients/requirements.txt into the venv
@@ -65,6 +69,8 @@ main() {
     start_server "$RINGWS_ROOT/target/clients-server.log" -- --mode echo
     run_suite "python websockets" "$py" "$CLIENTS_DIR/python_client.py" echo "$SERVER_URL"
     run_suite "node ws" node "$CLIENTS_DIR/node_client.mjs" "$SERVER_URL"
+    run_suite "python websockets, permessage-deflate" "$py" "$CLIENTS_DIR/python_client.py" deflate "$SERVER_URL"
+    run_suite "node ws, permessage-deflate" node "$CLIENTS_DIR/node_client.mjs" "$SERVER_URL" --deflate
     if ! kill -0 "$SERVER_PID" 2> /dev/null; then
         sed 's/^/  server| /' "$SERVER_LOG" | tail -n 20
         failures+=("the server died during the client suites")

@@ -1,14 +1,24 @@
 // Checks a WebSocket echo server with the Node `ws` client (a third-party implementation).
 //
-// usage: node node_client.mjs URL
+// usage: node node_client.mjs URL [--deflate]
 //   Text (random multi-byte UTF-8) and binary (random bytes) messages of 1 B, 125 B, 126 B, 64 KiB,
 //   64 KiB + 1 B and 1 MiB, each echo compared byte for byte; a ping answered by its pong; a close with
-//   1000 that completes with 1000 from the server.
+//   1000 that completes with 1000 from the server. No compression is offered (ws offers it by default).
+//   --deflate: the same with permessage-deflate (RFC 7692, `perMessageDeflate` with threshold 0, so the
+//   client compresses every message), which the handshake must agree (`ws.extensions` and the answer's
+//   Sec-WebSocket-Extensions): JSON-like and random text and binary from 1 B to 1 MiB, and each
+//   compressible echo of 4 KiB or more must arrive in fewer than half its bytes (counted on the socket;
+//   the server's default threshold is 128 B). Then a second connection offers serverMaxWindowBits 10
+//   and clientMaxWindowBits 10: the answer must name server_max_window_bits=10, and JSON-like echoes
+//   must come back compressed and intact.
 // Prints one PASS/FAIL line per check and ends with `N passed, M failed`; exits 1 if any check failed.
 import { randomBytes, randomInt } from "node:crypto";
 import WebSocket from "ws";
 
 const SIZES = [1, 125, 126, 64 * 1024, 64 * 1024 + 1, 1024 * 1024];
+const DEFLATE_SIZES = [1, 125, 126, 4096, 64 * 1024, 64 * 1024 + 1, 1024 * 1024];
+// A compressible echo at least this long must arrive compressed (the server's threshold is 128 B).
+const COMPRESSED_BYTES_MIN = 4096;
 // A guard so that a silent server fails the run instead of hanging it; not a performance assertion.
 const STEP_TIMEOUT_MS = 60_000;
 // UTF-8 length of a code point -> its range, surrogates excluded from the 3-byte one.
@@ -60,12 +70,28 @@ function next(ws, name) {
   });
 }
 
+// Trade/ticker-like JSON objects, one per line, cut to exactly sizeBytes (ASCII).
+function jsonLike(sizeBytes) {
+  const parts = [];
+  for (let total = 0; total < sizeBytes; ) {
+    const symbol = ["BTC-USD", "ETH-USD", "SOL-USD"][randomInt(3)];
+    const side = randomInt(2) ? "buy" : "sell";
+    const price = (10 + Math.random() * 50000).toFixed(2);
+    const size = (Math.random() * 5).toFixed(4);
+    const part = `{"type":"trade","symbol":"${symbol}","price":"${price}","size":"${size}","side":"${side}","ts":${1732406400000 + randomInt(1e6)}}\n`;
+    parts.push(part);
+    total += part.length;
+  }
+  return parts.join("").slice(0, sizeBytes);
+}
+
 function describeMismatch(sent, got, gotBinary, wantBinary) {
   if (gotBinary !== wantBinary) return `sent ${wantBinary ? "binary" : "text"}, got ${gotBinary ? "binary" : "text"}`;
   if (got.length !== sent.length) return `sent ${sent.length} bytes, got ${got.length}`;
   return `same length, first difference at byte ${sent.findIndex((b, i) => b !== got[i])}`;
 }
 
+// Sends payload and checks its echo; returns true when it came back intact.
 async function checkEcho(ws, name, payload, binary) {
   const sent = binary ? payload : Buffer.from(payload, "utf8");
   try {
@@ -74,9 +100,21 @@ async function checkEcho(ws, name, payload, binary) {
     const [data, isBinary] = await reply;
     const ok = isBinary === binary && Buffer.compare(data, sent) === 0;
     check(name, ok, ok ? "" : describeMismatch(sent, data, isBinary, binary));
+    return ok;
   } catch (err) {
     check(name, false, err.message);
+    return false;
   }
+}
+
+// checkEcho, and with mustCompress also that the echo arrived in fewer than half its bytes: the bytes
+// read from the socket while it came (the server sends nothing else meanwhile).
+async function checkCompressedEcho(ws, name, payload, binary, mustCompress) {
+  const before = ws.rawSocket.bytesRead;
+  if (!(await checkEcho(ws, name, payload, binary)) || !mustCompress) return;
+  const wire = ws.rawSocket.bytesRead - before;
+  const size = binary ? payload.length : Buffer.byteLength(payload, "utf8");
+  check(`${name}: came back compressed`, wire < size / 2, `${wire} bytes read for a ${size}-byte echo`);
 }
 
 async function checkPing(ws) {
@@ -105,19 +143,64 @@ async function checkClose(ws) {
   }
 }
 
-async function main(url) {
-  console.log(`ws client against ${url}`);
-  const ws = new WebSocket(url, { handshakeTimeout: STEP_TIMEOUT_MS });
+// Opens a connection; resolves with it once open (null if that failed, which is reported). The answer's
+// Sec-WebSocket-Extensions and the socket are kept as ws.extensionsAnswer and ws.rawSocket.
+async function open(url, perMessageDeflate) {
+  const ws = new WebSocket(url, { handshakeTimeout: STEP_TIMEOUT_MS, perMessageDeflate });
   ws.closedWith = "";
+  ws.extensionsAnswer = "";
+  ws.on("upgrade", (res) => {
+    ws.extensionsAnswer = res.headers["sec-websocket-extensions"] ?? "";
+    ws.rawSocket = res.socket;
+  });
   ws.on("close", (code, reason) => (ws.closedWith = `${code} ${reason}`));
   ws.on("error", () => {}); // reported by the check that was waiting
   try {
     await next(ws, "open");
     check("connect", true);
+    return ws;
   } catch (err) {
     check("connect", false, err.message);
-    return;
+    return null;
   }
+}
+
+// Checks that the handshake agreed permessage-deflate (and wantParam, e.g. a window size).
+function checkAgreed(ws, wantParam) {
+  const params = ws.extensionsAnswer.split(";").map((p) => p.trim());
+  const ok = ws.extensions === "permessage-deflate" && params[0] === "permessage-deflate" &&
+    (!wantParam || params.includes(wantParam));
+  check(`handshake agreed permessage-deflate${wantParam ? ` with ${wantParam}` : ""}`, ok,
+    `ws.extensions ${JSON.stringify(ws.extensions)}, answer ${JSON.stringify(ws.extensionsAnswer)}`);
+  return ok;
+}
+
+async function mainDeflate(url) {
+  console.log(`ws client with permessage-deflate against ${url}`);
+  let ws = await open(url, { threshold: 0 });
+  if (!ws || !checkAgreed(ws)) return;
+  for (const size of DEFLATE_SIZES) {
+    const big = size >= COMPRESSED_BYTES_MIN;
+    const text = jsonLike(size);
+    await checkCompressedEcho(ws, `text echo ${size} B (JSON-like)`, text, false, big);
+    await checkCompressedEcho(ws, `binary echo ${size} B (JSON-like)`, Buffer.from(text), true, big);
+    await checkEcho(ws, `text echo ${size} B (multi-byte UTF-8)`, randomText(size), false);
+    await checkEcho(ws, `binary echo ${size} B (random)`, randomBytes(size), true);
+  }
+  await checkPing(ws);
+  await checkClose(ws);
+  ws = await open(url, { threshold: 0, serverMaxWindowBits: 10, clientMaxWindowBits: 10 });
+  if (!ws || !checkAgreed(ws, "server_max_window_bits=10")) return;
+  for (const size of [4096, 64 * 1024, 1024 * 1024]) {
+    await checkCompressedEcho(ws, `window 10: text echo ${size} B (JSON-like)`, jsonLike(size), false, true);
+  }
+  await checkClose(ws);
+}
+
+async function main(url) {
+  console.log(`ws client against ${url}`);
+  const ws = await open(url, false);
+  if (!ws) return;
   for (const size of SIZES) {
     await checkEcho(ws, `text echo ${size} B (multi-byte UTF-8)`, randomText(size), false);
     await checkEcho(ws, `binary echo ${size} B`, randomBytes(size), true);
@@ -126,11 +209,11 @@ async function main(url) {
   await checkClose(ws);
 }
 
-const url = process.argv[2];
-if (!url) {
-  console.error("usage: node node_client.mjs URL");
+const [url, flag] = process.argv.slice(2);
+if (!url || (flag !== undefined && flag !== "--deflate")) {
+  console.error("usage: node node_client.mjs URL [--deflate]");
   process.exit(2);
 }
-await main(url);
+await (flag ? mainDeflate(url) : main(url));
 console.log(`${report.passed} passed, ${report.failed} failed`);
 process.exit(report.failed || !report.passed ? 1 : 0);
