@@ -13,7 +13,7 @@ pub const MESSAGE_BYTES_MAX_DEFAULT: u64 = 16 * 1024 * 1024;
 pub const MESSAGE_FRAGMENTS_MAX_DEFAULT: u32 = 1 << 20;
 
 /// Default of [`Config::deflate_compress_bytes_min`] (see docs/BENCHMARKS.md, permessage-deflate).
-pub const DEFLATE_COMPRESS_BYTES_MIN_DEFAULT: usize = 128;
+pub const DEFLATE_COMPRESS_BYTES_MIN_DEFAULT: usize = 256;
 /// Default of [`Config::deflate_level`] (see docs/BENCHMARKS.md, permessage-deflate).
 pub const DEFLATE_LEVEL_DEFAULT: u8 = 1;
 

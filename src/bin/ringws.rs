@@ -27,7 +27,7 @@ const USAGE: &str = "usage: ringws serve [options]
   --send-zc-bytes-min N           SENDMSG_ZC for batches of N bytes or more (default 0: off)
   --no-deflate                    never agree to permessage-deflate (default: agree when offered)
   --deflate-level N               zlib level 0-9 for compressed sends (default 1)
-  --deflate-bytes-min N           send messages under N bytes uncompressed (default 128)
+  --deflate-bytes-min N           send messages under N bytes uncompressed (default 256)
   --deflate-client-takeover       let clients keep their window (a ~46 KiB inflater each)
   --backpressure close|drop       past the send queue limit (default close, with 1008)
   --origin ORIGIN                 allow this Origin (repeatable; default: any)

@@ -28,7 +28,7 @@ usage: ringws-load <echo|fanout|connect|idle> [options]
                                --topic and publishes text (size >= 32)
   --topic T                    pubsub topic                                           [bench]
   --deflate                    offer permessage-deflate (RFC 7692) on every connection;
-                               JSON-like payloads; echo sends >= 128 B compressed
+                               JSON-like payloads; echo sends >= 256 B compressed
   --quiet                      no progress line";
 
 /// Connections one ring may hold (its fixed-file table), below the 20,000 fd/ring limit here.

@@ -63,7 +63,7 @@ const RESPONSE_BYTES_MAX: usize = 8192;
 /// Buffer group id of the receive buffer ring.
 const BUF_GROUP: u16 = 7;
 /// Echo sends shorter than this go out plain (the server's default `--deflate-bytes-min`).
-const COMPRESS_BYTES_MIN: usize = 128;
+const COMPRESS_BYTES_MIN: usize = crate::config::DEFLATE_COMPRESS_BYTES_MIN_DEFAULT;
 /// zlib level of compressed sends: the fastest.
 const COMPRESS_LEVEL: u8 = 1;
 /// Gather buffers a worker keeps to lend again, and the largest one it keeps.
