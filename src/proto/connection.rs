@@ -421,15 +421,7 @@ impl Connection {
         if m.kind == MessageKind::Text {
             self.utf8.feed(chunk).map_err(|_| ProtoError::InvalidUtf8)?;
         }
-        if !m.gathering {
-            m.gathering = true;
-            // Grown by what actually arrives, never by what a header claims: a peer must not make
-            // the server reserve memory with a 15-byte frame header.
-            self.reassembly = sink.take_buffer();
-            self.reassembly.clear();
-        }
-        self.reassembly.extend_from_slice(chunk);
-        self.message = Some(m);
+        self.gather(&mut m, chunk, sink);
         if done {
             if m.kind == MessageKind::Text {
                 self.utf8.finish().map_err(|_| ProtoError::InvalidUtf8)?;
@@ -441,6 +433,19 @@ impl Connection {
             sink.give_buffer(buf);
         }
         Ok(())
+    }
+
+    /// Appends `chunk` to the message being gathered, borrowing the buffer from the sink at its
+    /// first piece. Grown by what actually arrives, never by what a header claims: a peer must not
+    /// make the server reserve memory with a 15-byte frame header.
+    fn gather(&mut self, m: &mut InMessage, chunk: &[u8], sink: &mut impl Sink) {
+        if !m.gathering {
+            m.gathering = true;
+            self.reassembly = sink.take_buffer();
+            self.reassembly.clear();
+        }
+        self.reassembly.extend_from_slice(chunk);
+        self.message = Some(*m);
     }
 
     /// A piece of a compressed message: inflated in place if it is whole here, else gathered
@@ -457,13 +462,7 @@ impl Connection {
             self.message = None;
             return self.inflate_and_deliver(m.kind, chunk, sink);
         }
-        if !m.gathering {
-            m.gathering = true;
-            self.reassembly = sink.take_buffer();
-            self.reassembly.clear();
-        }
-        self.reassembly.extend_from_slice(chunk);
-        self.message = Some(m);
+        self.gather(&mut m, chunk, sink);
         if done {
             self.message = None;
             let mut input = std::mem::take(&mut self.reassembly);
