@@ -77,6 +77,12 @@ main() {
     fi
     stop_server
 
+    section "echo server with --deflate-client-takeover"
+    start_server "$RINGWS_ROOT/target/clients-takeover-server.log" -- --mode echo --deflate-client-takeover
+    run_suite "python websockets, permessage-deflate with client context takeover" \
+        "$py" "$CLIENTS_DIR/python_client.py" deflate-takeover "$SERVER_URL"
+    stop_server
+
     shutdown_check "$py"
 
     section "clients summary"

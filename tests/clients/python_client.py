@@ -252,6 +252,31 @@ async def run_deflate_window_10(url, report, rng, options):
         await check_close(ws, report)
 
 
+async def run_deflate_takeover(url, report):
+    """Against `ringws serve --deflate-client-takeover`: the answer leaves the client its window,
+    websockets then compresses each message against the previous ones, and every echo must still
+    come back intact (the server's per-connection inflater keeps the window)."""
+    seed = int(os.environ.get("RINGWS_TEST_SEED", random.SystemRandom().randrange(2**32)))
+    print(f"websockets client, client context takeover, against {url} (seed {seed})", flush=True)
+    rng = random.Random(seed)
+    options = dict(max_size=MESSAGE_BYTES_MAX, ping_interval=None, open_timeout=STEP_TIMEOUT_S)
+    async with connect(url, compression="deflate", **options) as ws:
+        extension = check_agreed(ws, report)
+        if extension is None:
+            return
+        answer = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        report.check("the answer lets the client keep its window",
+                     "client_no_context_takeover" not in answer and not extension.local_no_context_takeover,
+                     f"answer {answer!r}")
+        base = json_like(rng, 4096)
+        for i in range(20):
+            # The same object with a small change: most of it matches the previous messages.
+            await check_echo(ws, report, f"takeover: text echo {i}", base.replace("{", "{" + str(i), 1))
+        for size in [1, 300, 70_000]:
+            await check_echo(ws, report, f"takeover: binary echo {size} B (JSON-like)", json_like(rng, size).encode())
+        await check_close(ws, report)
+
+
 async def await_close_code(ws):
     """Reads until the connection closes; returns the close code the server sent (None if none)."""
     try:
@@ -277,7 +302,7 @@ async def run_shutdown(url, pid, clients, report):
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["echo", "deflate", "shutdown"])
+    parser.add_argument("mode", choices=["echo", "deflate", "deflate-takeover", "shutdown"])
     parser.add_argument("url")
     parser.add_argument("--pid", type=int, help="the server's pid (shutdown mode)")
     parser.add_argument("--clients", type=int, default=10)
@@ -294,6 +319,8 @@ async def main(args):
             await run_echo(args.url, report)
         elif args.mode == "deflate":
             await run_deflate(args.url, report)
+        elif args.mode == "deflate-takeover":
+            await run_deflate_takeover(args.url, report)
         else:
             await run_shutdown(args.url, args.pid, args.clients, report)
     except Exception as e:  # a refused handshake, a reset, a timeout: the run fails, with the reason
