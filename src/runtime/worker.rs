@@ -106,6 +106,25 @@ impl Shared {
         self.ops.push(op);
     }
 
+    /// Counts a connection that agreed to deflate with `bits` in or out: the gauge, and the
+    /// server-wide count of receivers of 15-bit compressed shared frames.
+    fn count_deflate(&mut self, bits: u8, opened: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let receivers = &self.publisher.deflate().receivers;
+        let full_window = bits == deflate::WINDOW_BITS_MAX;
+        if opened {
+            add(&self.metrics.deflate_connections, 1);
+            if full_window {
+                receivers.fetch_add(1, Relaxed);
+            }
+        } else {
+            dec(&self.metrics.deflate_connections);
+            if full_window {
+                receivers.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
     fn touch(&mut self, key: Key, st: &mut ConnState) {
         if !st.has(flag::DIRTY) {
             st.set(flag::DIRTY);
@@ -829,14 +848,7 @@ impl<H: Handler> Engine<H> {
                 send_window_bits: a.server_window_bits,
             }));
             ctx.st.deflate_bits = a.server_window_bits;
-            add(&ctx.sh.metrics.deflate_connections, 1);
-            if a.server_window_bits == deflate::WINDOW_BITS_MAX {
-                ctx.sh
-                    .publisher
-                    .deflate()
-                    .receivers
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            ctx.sh.count_deflate(a.server_window_bits, true);
         }
         ctx.push_control(&out[..n]);
         ctx.st.set(flag::OPENED);
@@ -890,14 +902,7 @@ impl<H: Handler> Engine<H> {
         }
         st.set(flag::REPORTED);
         if st.deflate_bits != 0 {
-            dec(&self.sh.metrics.deflate_connections);
-            if st.deflate_bits == deflate::WINDOW_BITS_MAX {
-                self.sh
-                    .publisher
-                    .deflate()
-                    .receivers
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            self.sh.count_deflate(st.deflate_bits, false);
             st.deflate_bits = 0;
         }
         let code = st.close_code;
