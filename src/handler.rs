@@ -276,21 +276,41 @@ impl SharedDeflate {
 }
 
 thread_local! {
-    /// The compressor for shared frames on this thread (a worker, or a thread that publishes).
-    static SHARED_DEFLATER: RefCell<Option<crate::proto::deflate::Deflater>> =
-        const { RefCell::new(None) };
+    /// This thread's compressors (a worker's, or a publishing thread's), by window bits - 8, each
+    /// with the level it was made for. One compressor serves every message: each starts from an
+    /// empty window (no context takeover).
+    static DEFLATERS: RefCell<[Option<(u8, crate::proto::deflate::Deflater)>; 8]> =
+        const { RefCell::new([const { None }; 8]) };
+}
+
+/// Runs `f` with this thread's compressor for `window_bits` (8–15) at `level`, made when first
+/// needed (about 380 KiB for 15 bits).
+pub(crate) fn with_deflater<R>(
+    level: u8,
+    window_bits: u8,
+    f: impl FnOnce(&mut crate::proto::deflate::Deflater) -> R,
+) -> R {
+    use crate::proto::deflate::{Deflater, WINDOW_BITS_MAX, WINDOW_BITS_MIN};
+    let bits = window_bits.clamp(WINDOW_BITS_MIN, WINDOW_BITS_MAX);
+    DEFLATERS.with_borrow_mut(|all| {
+        let slot = &mut all[usize::from(bits - WINDOW_BITS_MIN)];
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, Deflater::new(level, bits)));
+        }
+        let (_, d) = slot.as_mut().expect("made above");
+        f(d)
+    })
 }
 
 /// Compresses `payload` once for every receiver (15-bit window, empty window first) into a whole
 /// frame with RSV1. None if compressing would not make it smaller.
 fn encode_deflated(msg: Message<'_>, level: u8) -> Option<Bytes> {
-    use crate::proto::deflate::{Deflater, WINDOW_BITS_MAX};
+    use crate::proto::deflate::WINDOW_BITS_MAX;
     let payload = msg.payload();
     let mut out = Vec::with_capacity(payload.len() / 2 + frame::HEADER_BYTES_MAX + 64);
     out.resize(frame::HEADER_BYTES_MAX, 0);
-    SHARED_DEFLATER.with_borrow_mut(|d| {
-        d.get_or_insert_with(|| Deflater::new(level, WINDOW_BITS_MAX))
-            .compress_message(payload, &mut out)
+    with_deflater(level, WINDOW_BITS_MAX, |d| {
+        d.compress_message(payload, &mut out)
     });
     let body = out.len() - frame::HEADER_BYTES_MAX;
     if body >= payload.len() {

@@ -24,10 +24,11 @@ use super::sys;
 use crate::config::{BackpressurePolicy, Config};
 use crate::handler::{
     Backpressure, Conn, ConnId, ConnOps, Frame, Handler, Mail, Message, OpenDecision, Publisher,
+    with_deflater,
 };
 use crate::metrics::{Metrics, WorkerMetrics, add, dec};
 use crate::proto::connection::{self, Connection, Limits, MessageKind, Role, Sink, State};
-use crate::proto::deflate::{self, Deflater, Inflater};
+use crate::proto::deflate::{self, Inflater};
 use crate::proto::error::close_code;
 use crate::proto::frame::{self, HEADER_BYTES_MAX, OpCode};
 use crate::proto::handshake::{self, Parsed, Request};
@@ -87,8 +88,6 @@ struct Shared {
     gather_pool: Vec<Vec<u8>>,
     /// permessage-deflate: the inflater lent for each compressed message (no context takeover).
     inflater: Option<Box<Inflater>>,
-    /// Compressors by window bits (index bits - 8), made when first needed.
-    deflaters: [Option<Box<Deflater>>; 8],
     /// Output of the compressor, reused.
     deflate_out: Vec<u8>,
     deflate_level: u8,
@@ -236,13 +235,11 @@ impl Ctx<'_> {
     /// Queues `payload` compressed for this connection (window `bits`). None if compressing did
     /// not make it smaller (send it plain then).
     fn send_deflated(&mut self, opcode: OpCode, payload: &[u8], bits: u8) -> Option<bool> {
-        let sh = &mut *self.sh;
-        let level = sh.deflate_level;
-        let d = sh.deflaters[usize::from(bits - deflate::WINDOW_BITS_MIN)]
-            .get_or_insert_with(|| Box::new(Deflater::new(level, bits)));
-        let mut out = std::mem::take(&mut sh.deflate_out);
+        let mut out = std::mem::take(&mut self.sh.deflate_out);
         out.clear();
-        d.compress_message(payload, &mut out);
+        with_deflater(self.sh.deflate_level, bits, |d| {
+            d.compress_message(payload, &mut out)
+        });
         let result = (out.len() < payload.len()).then(|| {
             let mut hdr = [0u8; HEADER_BYTES_MAX];
             let n = frame::encode_header(&mut hdr, true, 0b100, opcode, out.len() as u64, None);
@@ -1435,7 +1432,6 @@ impl<H: Handler> Worker<H> {
             zc_bytes_min: cfg.send_zc_bytes_min,
             gather_pool: Vec::new(),
             inflater: None,
-            deflaters: Default::default(),
             deflate_out: Vec::new(),
             deflate_level: cfg.deflate_level,
             deflate_bytes_min: cfg.deflate_compress_bytes_min,
