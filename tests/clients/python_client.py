@@ -149,9 +149,7 @@ async def check_close(ws, report):
 
 
 async def run_echo(url, report):
-    seed = int(os.environ.get("RINGWS_TEST_SEED", random.SystemRandom().randrange(2**32)))
-    print(f"websockets client against {url} (seed {seed})", flush=True)
-    rng = random.Random(seed)
+    rng = seeded_rng("no compression", url)
     # No compression here (websockets offers it by default): the deflate mode covers it.
     async with connect(
         url, compression=None, max_size=MESSAGE_BYTES_MAX, ping_interval=None, open_timeout=STEP_TIMEOUT_S
@@ -205,11 +203,19 @@ async def check_compressed_echo(ws, report, seen, name, message, must_compress):
     return wire_bytes
 
 
-async def run_deflate(url, report):
+DEFLATE_OPTIONS = dict(max_size=MESSAGE_BYTES_MAX, ping_interval=None, open_timeout=STEP_TIMEOUT_S)
+
+
+def seeded_rng(what, url):
+    """A random source seeded from RINGWS_TEST_SEED (or a fresh seed, printed to replay it)."""
     seed = int(os.environ.get("RINGWS_TEST_SEED", random.SystemRandom().randrange(2**32)))
-    print(f"websockets client with permessage-deflate against {url} (seed {seed})", flush=True)
-    rng = random.Random(seed)
-    options = dict(max_size=MESSAGE_BYTES_MAX, ping_interval=None, open_timeout=STEP_TIMEOUT_S)
+    print(f"websockets client, {what}, against {url} (seed {seed})", flush=True)
+    return random.Random(seed)
+
+
+async def run_deflate(url, report):
+    rng = seeded_rng("permessage-deflate", url)
+    options = DEFLATE_OPTIONS
     async with connect(url, compression="deflate", **options) as ws:
         extension = check_agreed(ws, report)
         if extension is None:
@@ -256,11 +262,8 @@ async def run_deflate_takeover(url, report):
     """Against `ringws serve --deflate-client-takeover`: the answer leaves the client its window,
     websockets then compresses each message against the previous ones, and every echo must still
     come back intact (the server's per-connection inflater keeps the window)."""
-    seed = int(os.environ.get("RINGWS_TEST_SEED", random.SystemRandom().randrange(2**32)))
-    print(f"websockets client, client context takeover, against {url} (seed {seed})", flush=True)
-    rng = random.Random(seed)
-    options = dict(max_size=MESSAGE_BYTES_MAX, ping_interval=None, open_timeout=STEP_TIMEOUT_S)
-    async with connect(url, compression="deflate", **options) as ws:
+    rng = seeded_rng("client context takeover", url)
+    async with connect(url, compression="deflate", **DEFLATE_OPTIONS) as ws:
         extension = check_agreed(ws, report)
         if extension is None:
             return
