@@ -154,17 +154,6 @@ impl Metrics {
             "closing",
             sum(ws, |w| &w.closing),
         );
-        header(
-            &mut out,
-            "ringws_deflate_connections",
-            "gauge",
-            "Open connections that agreed to permessage-deflate.",
-        );
-        let _ = writeln!(
-            out,
-            "ringws_deflate_connections {}",
-            sum(ws, |w| &w.deflate_connections)
-        );
         let counters: [(&str, &str, u64); 10] = [
             (
                 "ringws_messages_deflated_total",
@@ -251,7 +240,12 @@ impl Metrics {
             let n: u64 = ws.iter().map(|w| w.http[i].load(Relaxed)).sum();
             labelled(&mut out, "ringws_http_responses_total", "status", &s, n);
         }
-        let gauges: [(&str, &str, u64); 3] = [
+        let gauges: [(&str, &str, u64); 4] = [
+            (
+                "ringws_deflate_connections",
+                "Open connections that agreed to permessage-deflate.",
+                sum(ws, |w| &w.deflate_connections),
+            ),
             (
                 "ringws_fixed_files_in_use",
                 "Direct descriptors in use.",
