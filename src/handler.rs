@@ -321,7 +321,7 @@ fn encode_deflated(msg: Message<'_>, level: u8) -> Option<Bytes> {
         Message::Binary(_) => OpCode::Binary,
     };
     let mut hdr = [0u8; frame::HEADER_BYTES_MAX];
-    let n = frame::encode_header(&mut hdr, true, 0b100, opcode, body as u64, None);
+    let n = frame::encode_header(&mut hdr, true, frame::RSV1, opcode, body as u64, None);
     let start = frame::HEADER_BYTES_MAX - n;
     out[start..frame::HEADER_BYTES_MAX].copy_from_slice(&hdr[..n]);
     Some(Bytes::from(out).slice(start..))

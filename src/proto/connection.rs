@@ -29,7 +29,9 @@
 
 use super::deflate::Inflater;
 use super::error::{ProtoError, close_code};
-use super::frame::{self, CONTROL_PAYLOAD_MAX, FrameHeader, HEADER_BYTES_MAX, HeaderParse, OpCode};
+use super::frame::{
+    self, CONTROL_PAYLOAD_MAX, FrameHeader, HEADER_BYTES_MAX, HeaderParse, OpCode, RSV1,
+};
 use super::mask::unmask;
 use super::utf8::{self, Utf8Validator};
 use crate::config::Config;
@@ -114,9 +116,6 @@ pub trait Sink {
     #[allow(clippy::boxed_local)] // a runtime keeps the box to lend it again
     fn give_inflater(&mut self, _inflater: Box<Inflater>) {}
 }
-
-/// RSV1, the permessage-deflate bit, as `FrameHeader::rsv` holds it.
-const RSV1: u8 = 0b100;
 
 /// permessage-deflate as agreed for one connection, seen from this endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

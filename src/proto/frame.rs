@@ -14,6 +14,8 @@ use super::error::ProtoError;
 pub const HEADER_BYTES_MAX: usize = 14;
 /// Largest control-frame payload.
 pub const CONTROL_PAYLOAD_MAX: usize = 125;
+/// RSV1 as [`FrameHeader::rsv`] holds it: a compressed message (permessage-deflate).
+pub const RSV1: u8 = 0b100;
 
 /// Which side of the connection this endpoint is. Servers receive masked frames and send unmasked
 /// ones; clients the reverse.

@@ -217,7 +217,7 @@ impl Ctx<'_> {
     /// registered bytes); a large one is queued by reference.
     fn push_shared(&mut self, frame: &Frame) -> bool {
         let frame = frame.for_window(self.st.deflate_bits);
-        let compressed = frame.first().is_some_and(|b| b & 0x40 != 0);
+        let compressed = frame.first().is_some_and(|b| (b >> 4) & frame::RSV1 != 0);
         if !self.admit(frame.len()) {
             return false;
         }
@@ -232,26 +232,30 @@ impl Ctx<'_> {
         true
     }
 
-    /// Queues `payload` compressed for this connection (window `bits`). None if compressing did
-    /// not make it smaller (send it plain then).
-    fn send_deflated(&mut self, opcode: OpCode, payload: &[u8], bits: u8) -> Option<bool> {
-        let mut out = std::mem::take(&mut self.sh.deflate_out);
+    /// Compresses `payload` into the worker's scratch `out` for this connection (window `bits`)
+    /// when it agreed to deflate and the message is long enough; true if that made it smaller.
+    fn deflate_into(&mut self, payload: &[u8], out: &mut Vec<u8>) -> bool {
+        let bits = self.st.deflate_bits;
+        if bits == 0 || payload.len() < self.sh.deflate_bytes_min {
+            return false;
+        }
         out.clear();
         with_deflater(self.sh.deflate_level, bits, |d| {
-            d.compress_message(payload, &mut out)
+            d.compress_message(payload, out)
         });
-        let result = (out.len() < payload.len()).then(|| {
-            let mut hdr = [0u8; HEADER_BYTES_MAX];
-            let n = frame::encode_header(&mut hdr, true, 0b100, opcode, out.len() as u64, None);
-            if !self.admit(n + out.len()) {
-                return false;
-            }
-            add(&self.sh.metrics.messages_deflated, 1);
-            self.queue().push_own(&[&hdr[..n], &out]);
-            true
-        });
-        self.sh.deflate_out = out;
-        result
+        out.len() < payload.len()
+    }
+
+    /// Queues one whole frame (`rsv`: `frame::RSV1` for a compressed payload) if backpressure
+    /// admits it.
+    fn push_message(&mut self, opcode: OpCode, rsv: u8, payload: &[u8]) -> bool {
+        let mut hdr = [0u8; HEADER_BYTES_MAX];
+        let n = frame::encode_header(&mut hdr, true, rsv, opcode, payload.len() as u64, None);
+        if !self.admit(n + payload.len()) {
+            return false;
+        }
+        self.queue().push_own(&[&hdr[..n], payload]);
+        true
     }
 }
 
@@ -261,20 +265,21 @@ impl ConnOps for Ctx<'_> {
             MessageKind::Text => OpCode::Text,
             MessageKind::Binary => OpCode::Binary,
         };
-        let bits = self.st.deflate_bits;
-        if bits != 0
-            && payload.len() >= self.sh.deflate_bytes_min
-            && let Some(queued) = self.send_deflated(opcode, payload, bits)
-        {
-            return queued;
+        if self.st.deflate_bits == 0 || payload.len() < self.sh.deflate_bytes_min {
+            return self.push_message(opcode, 0, payload);
         }
-        let mut hdr = [0u8; HEADER_BYTES_MAX];
-        let n = frame::encode_header(&mut hdr, true, 0, opcode, payload.len() as u64, None);
-        if !self.admit(n + payload.len()) {
-            return false;
-        }
-        self.queue().push_own(&[&hdr[..n], payload]);
-        true
+        let mut out = std::mem::take(&mut self.sh.deflate_out);
+        let queued = if self.deflate_into(payload, &mut out) {
+            let queued = self.push_message(opcode, frame::RSV1, &out);
+            if queued {
+                add(&self.sh.metrics.messages_deflated, 1);
+            }
+            queued
+        } else {
+            self.push_message(opcode, 0, payload)
+        };
+        self.sh.deflate_out = out;
+        queued
     }
 
     fn close(&mut self, code: u16, reason: &str) {
