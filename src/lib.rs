@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod handler;
+pub mod history;
 pub mod load;
 pub mod metrics;
 pub mod modes;
