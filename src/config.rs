@@ -96,6 +96,15 @@ pub struct Config {
     pub deflate_compress_bytes_min: usize,
     /// zlib compression level for sent messages, 0–9.
     pub deflate_level: u8,
+    /// Messages of history kept per topic, for resume (`Conn::subscribe_from`, `psub` in the
+    /// pubsub mode): every publish then gets a position. 0 (the default) turns history off, and
+    /// then it costs nothing.
+    pub history_messages_max: usize,
+    /// History older than this is dropped (0: kept whatever its age, within the count).
+    pub history_age_max_ms: u64,
+    /// Topics that keep a history at once. Past it, histories emptied by age go first, then the
+    /// one with the oldest latest message; its subscribers are told of a gap when they resume.
+    pub history_topics_max: usize,
 }
 
 impl Default for Config {
@@ -128,6 +137,9 @@ impl Default for Config {
             deflate_client_window_bits_max: 15,
             deflate_compress_bytes_min: DEFLATE_COMPRESS_BYTES_MIN_DEFAULT,
             deflate_level: DEFLATE_LEVEL_DEFAULT,
+            history_messages_max: 0,
+            history_age_max_ms: 0,
+            history_topics_max: 100_000,
         }
     }
 }
@@ -227,11 +239,24 @@ impl Config {
         )?;
         check(self.deflate_level <= 9, "deflate_level", "must be 0..=9")?;
         check(
+            self.history_topics_max >= 1,
+            "history_topics_max",
+            "must be at least 1",
+        )?;
+        check(
             (8..=15).contains(&self.deflate_client_window_bits_max),
             "deflate_client_window_bits_max",
             "must be 8..=15",
         )?;
         Ok(())
+    }
+
+    /// The per-topic history limits, or `None` when history is off.
+    pub fn history_limits(&self) -> Option<crate::history::HistoryLimits> {
+        (self.history_messages_max > 0).then_some(crate::history::HistoryLimits {
+            messages_max: self.history_messages_max,
+            age_max_ms: self.history_age_max_ms,
+        })
     }
 
     /// What the handshake may agree to for permessage-deflate.

@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use crate::config::BackpressurePolicy;
+use crate::history::Position;
 use crate::proto::connection::MessageKind;
 use crate::proto::frame::{self, OpCode};
 use crate::proto::handshake::Request;
+use crate::topics::{HistoryStore, Sequenced};
 
 pub use crate::proto::handshake::Request as UpgradeRequest;
 
@@ -144,11 +146,22 @@ pub trait Handler: 'static {
     }
 }
 
+/// What a positioned subscription found when it started ([`Conn::subscribe_from`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// Messages queued for replay (they arrive before any live message of the topic).
+    pub replayed: usize,
+    /// Some message after the resume point could not be replayed: history no longer reaches
+    /// back to it, or the position is of another epoch (history was lost in between).
+    pub gap: bool,
+}
+
 /// What a [`Conn`] asks of the runtime (implemented by the worker).
 pub(crate) trait ConnOps {
     fn send(&mut self, kind: MessageKind, payload: &[u8]) -> bool;
     fn close(&mut self, code: u16, reason: &str);
     fn subscribe(&mut self, topic: &str);
+    fn subscribe_from(&mut self, topic: &str, from: Option<Position>) -> Option<Resume>;
     fn unsubscribe(&mut self, topic: &str);
     fn publish(&mut self, topic: &str, frame: Frame);
     fn broadcast(&mut self, frame: Frame);
@@ -197,14 +210,31 @@ impl<'a> Conn<'a> {
         self.ops.subscribe(topic);
     }
 
+    /// Ends this connection's subscription to `topic`, positioned or not.
     pub fn unsubscribe(&mut self, topic: &str) {
         self.ops.unsubscribe(topic);
+    }
+
+    /// Subscribes this connection to `topic` with positions, resuming after `from`: every
+    /// message of the topic then arrives as `<position> <payload>` (a text message for a text
+    /// publish, binary for binary; the position is written as [`Position`]'s `Display`). With
+    /// `from`, what the topic's history holds after it is replayed first, before any live
+    /// message, with no gap or duplicate at the seam. `None` when history is off
+    /// (`Config::history_messages_max == 0`). Replaces a plain subscription to the same topic.
+    pub fn subscribe_from(&mut self, topic: &str, from: Option<Position>) -> Option<Resume> {
+        self.ops.subscribe_from(topic, from)
     }
 
     /// Sends `msg` to every subscriber of `topic` on every worker (this connection included if
     /// subscribed). The frame is encoded once.
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) {
-        let frame = self.ops.publisher().encode(msg);
+        let publisher = self.ops.publisher();
+        if publisher.history.is_some() {
+            // Sequenced publishes go through every mailbox, this worker's too, in offset order.
+            publisher.clone().publish(topic, msg);
+            return;
+        }
+        let frame = publisher.encode(msg);
         self.ops.publish(topic, frame);
     }
 
@@ -331,8 +361,8 @@ fn encode_deflated(msg: Message<'_>, level: u8) -> Option<Bytes> {
 pub(crate) enum Mail {
     /// A frame for one connection.
     Send(ConnId, Frame),
-    /// A frame for every subscriber of a topic.
-    Publish(Arc<str>, Frame),
+    /// A frame for every subscriber of a topic, and its positioned twin when history is on.
+    Publish(Arc<str>, Frame, Option<Arc<Sequenced>>),
     /// A frame for every open connection.
     Broadcast(Frame),
     /// Start the graceful shutdown.
@@ -384,11 +414,25 @@ impl Mailbox {
 pub struct Publisher {
     mailboxes: Arc<[Mailbox]>,
     deflate: Arc<SharedDeflate>,
+    history: Option<Arc<HistoryStore>>,
 }
 
 impl Publisher {
-    pub(crate) fn new(mailboxes: Arc<[Mailbox]>, deflate: Arc<SharedDeflate>) -> Publisher {
-        Publisher { mailboxes, deflate }
+    pub(crate) fn new(
+        mailboxes: Arc<[Mailbox]>,
+        deflate: Arc<SharedDeflate>,
+        history: Option<Arc<HistoryStore>>,
+    ) -> Publisher {
+        Publisher {
+            mailboxes,
+            deflate,
+            history,
+        }
+    }
+
+    /// The topic history, when it is on.
+    pub(crate) fn history(&self) -> Option<&HistoryStore> {
+        self.history.as_deref()
     }
 
     pub(crate) fn deflate(&self) -> &SharedDeflate {
@@ -419,9 +463,42 @@ impl Publisher {
         }
     }
 
-    /// Sends `msg` to every subscriber of `topic`.
+    /// Sends `msg` to every subscriber of `topic`. With history on, the message gets the
+    /// topic's next position and is kept for resumes.
     pub fn publish(&self, topic: &str, msg: Message<'_>) {
-        self.publish_frame(topic, self.encode(msg), None);
+        let frame = self.encode(msg);
+        let Some(history) = &self.history else {
+            return self.publish_frame(topic, frame, None);
+        };
+        let topic: Arc<str> = Arc::from(topic);
+        history.publish(
+            &topic,
+            |position| self.encode_positioned(position, msg),
+            |seq| {
+                let seq = Arc::new(seq);
+                for m in self.mailboxes.iter() {
+                    m.post(Mail::Publish(
+                        topic.clone(),
+                        frame.clone(),
+                        Some(seq.clone()),
+                    ));
+                }
+            },
+        );
+    }
+
+    /// `<position> <payload>`, framed once (text stays text: a position is ASCII).
+    fn encode_positioned(&self, position: Position, msg: Message<'_>) -> Frame {
+        let mut body = position.to_string().into_bytes();
+        body.push(b' ');
+        body.extend_from_slice(msg.payload());
+        match msg {
+            Message::Text(_) => {
+                let text = String::from_utf8(body).expect("ASCII + ' ' + UTF-8");
+                self.encode(Message::Text(&text))
+            }
+            Message::Binary(_) => self.encode(Message::Binary(&body)),
+        }
     }
 
     /// Sends `msg` to every open connection.
@@ -433,7 +510,7 @@ impl Publisher {
         let topic: Arc<str> = Arc::from(topic);
         for (i, m) in self.mailboxes.iter().enumerate() {
             if Some(i) != skip {
-                m.post(Mail::Publish(topic.clone(), frame.clone()));
+                m.post(Mail::Publish(topic.clone(), frame.clone(), None));
             }
         }
     }
@@ -485,6 +562,7 @@ mod tests {
         let p = Publisher::new(
             Arc::from(Vec::new()),
             Arc::new(SharedDeflate::from_config(&cfg)),
+            None,
         );
         let json =
             r#"{"symbol":"BTC-USD","price":"43127.55","size":"0.0021","side":"buy"}"#.repeat(4);

@@ -155,6 +155,19 @@ impl<T> TopicHistory<T> {
         }
     }
 
+    /// The position the next [`push`](Self::push) will return.
+    pub fn next(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            offset: self.next_offset(),
+        }
+    }
+
+    /// When the latest message held came (0 if none is held).
+    pub fn newest_ms(&self) -> u64 {
+        self.entries.back().map_or(0, |e| e.at_ms)
+    }
+
     fn next_offset(&self) -> u64 {
         self.first_offset + self.entries.len() as u64
     }
@@ -453,11 +466,11 @@ mod tests {
             let mut now = 0;
             for step in 0..60u32 {
                 now += next(&mut seed) % 40;
-                if next(&mut seed) % 3 != 0 {
+                if !next(&mut seed).is_multiple_of(3) {
                     assert_eq!(h.push(step, now), m.push(step, now));
                 } else {
                     let offset = next(&mut seed) % (h.last().offset + 3);
-                    let epoch = if next(&mut seed) % 10 == 0 { 4 } else { 5 };
+                    let epoch = if next(&mut seed).is_multiple_of(10) { 4 } else { 5 };
                     let after = Position { epoch, offset };
                     let got = h.replay_after(after, now);
                     let got = (got.is_gap(), items(&got));

@@ -26,9 +26,12 @@ pub mod proto;
 pub mod runtime;
 pub mod server;
 pub mod timer;
+mod topics;
 
 pub use config::{BackpressurePolicy, Config};
 pub use handler::{
-    Backpressure, Conn, ConnId, Handler, Message, OpenDecision, Publisher, UpgradeRequest, WorkerId,
+    Backpressure, Conn, ConnId, Handler, Message, OpenDecision, Publisher, Resume, UpgradeRequest,
+    WorkerId,
 };
+pub use history::Position;
 pub use server::{ServerHandle, run_until_signal, start};

@@ -1,9 +1,11 @@
 //! The handlers behind `ringws serve --mode echo|broadcast|pubsub`.
 //!
 //! The pubsub text protocol (see docs/PUBSUB.md): `sub <topic>`, `unsub <topic>`,
-//! `pub <topic> <payload>`. A subscriber receives `<payload>` as a text message.
+//! `pub <topic> <payload>`, and with history on `psub <topic> [<position>]`. A subscriber
+//! receives `<payload>` as a text message (`<position> <payload>` after `psub`).
 
 use crate::handler::{Conn, Handler, Message};
+use crate::history::Position;
 
 /// Every message goes back unchanged.
 pub struct Echo;
@@ -29,8 +31,13 @@ pub struct PubSub;
 /// One pubsub command.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
+    /// `sub <topic>`.
     Sub(&'a str),
+    /// `psub <topic> [<position>]`: subscribe with positions, resuming after the position.
+    Psub(&'a str, Option<&'a str>),
+    /// `unsub <topic>`.
     Unsub(&'a str),
+    /// `pub <topic> <payload>`.
     Pub(&'a str, &'a str),
 }
 
@@ -40,6 +47,12 @@ pub fn parse_command(text: &str) -> Option<Command<'_>> {
     match verb {
         "sub" if !rest.is_empty() && !rest.contains(' ') => Some(Command::Sub(rest)),
         "unsub" if !rest.is_empty() && !rest.contains(' ') => Some(Command::Unsub(rest)),
+        "psub" => {
+            let mut words = rest.split(' ');
+            let topic = words.next().filter(|t| !t.is_empty())?;
+            let from = words.next();
+            (words.next().is_none() && from != Some("")).then_some(Command::Psub(topic, from))
+        }
         "pub" => {
             let (topic, payload) = rest.split_once(' ').unwrap_or((rest, ""));
             (!topic.is_empty()).then_some(Command::Pub(topic, payload))
@@ -59,6 +72,7 @@ impl Handler for PubSub {
                 conn.subscribe(topic);
                 conn.send_text(&format!("ok sub {topic}"));
             }
+            Some(Command::Psub(topic, from)) => psub(conn, topic, from),
             Some(Command::Unsub(topic)) => {
                 conn.unsubscribe(topic);
                 conn.send_text(&format!("ok unsub {topic}"));
@@ -66,11 +80,30 @@ impl Handler for PubSub {
             Some(Command::Pub(topic, payload)) => conn.publish(topic, Message::Text(payload)),
             None => {
                 conn.send_text(
-                    "error: expected `sub <topic>`, `unsub <topic>` or `pub <topic> <payload>`",
+                    "error: expected `sub <topic>`, `psub <topic> [<position>]`, `unsub <topic>` \
+                     or `pub <topic> <payload>`",
                 );
             }
         }
     }
+}
+
+/// `psub`: answers `ok psub <topic> <replayed>` or `ok psub <topic> gap`, then the replay
+/// follows and the subscription is live.
+fn psub(conn: &mut Conn<'_>, topic: &str, from: Option<&str>) {
+    let from = match from.map(str::parse::<Position>) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            conn.send_text(&format!("error: psub {topic}: {e}"));
+            return;
+        }
+    };
+    match conn.subscribe_from(topic, from) {
+        Some(r) if r.gap => conn.send_text(&format!("ok psub {topic} gap")),
+        Some(r) => conn.send_text(&format!("ok psub {topic} {}", r.replayed)),
+        None => conn.send_text("error: psub needs history (ringws serve --history N)"),
+    };
 }
 
 #[cfg(test)]
@@ -89,5 +122,16 @@ mod tests {
         assert_eq!(parse_command("sub a b"), None);
         assert_eq!(parse_command("sub "), None);
         assert_eq!(parse_command("hello"), None);
+        assert_eq!(
+            parse_command("psub news"),
+            Some(Command::Psub("news", None))
+        );
+        assert_eq!(
+            parse_command("psub news 1f-3"),
+            Some(Command::Psub("news", Some("1f-3")))
+        );
+        assert_eq!(parse_command("psub news 1f-3 x"), None);
+        assert_eq!(parse_command("psub news "), None);
+        assert_eq!(parse_command("psub  1-1"), None);
     }
 }

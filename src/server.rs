@@ -12,6 +12,7 @@ use crate::handler::{Handler, Mailbox, Publisher, WorkerId};
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::runtime::sys;
 use crate::runtime::worker::{self, SPARE_FIXED_FILES, WorkerSetup};
+use crate::topics::HistoryStore;
 
 /// A running server.
 pub struct ServerHandle {
@@ -88,7 +89,10 @@ where
         .map(|_| sys::eventfd().map(Mailbox::new))
         .collect::<io::Result<Vec<_>>>()?;
     let deflate = Arc::new(crate::handler::SharedDeflate::from_config(&config));
-    let publisher = Publisher::new(mailboxes.into(), deflate);
+    let history = config
+        .history_limits()
+        .map(|limits| Arc::new(HistoryStore::new(limits, config.history_topics_max)));
+    let publisher = Publisher::new(mailboxes.into(), deflate, history);
     let per_worker: Vec<_> = (0..config.workers)
         .map(|_| Arc::new(WorkerMetrics::default()))
         .collect();

@@ -32,7 +32,10 @@ const USAGE: &str = "usage: ringws serve [options]
   --backpressure close|drop       past the send queue limit (default close, with 1008)
   --origin ORIGIN                 allow this Origin (repeatable; default: any)
   --recv-buffers N                receive buffers per worker (power of two)
-  --recv-buffer-bytes N           size of one receive buffer";
+  --recv-buffer-bytes N           size of one receive buffer
+  --history N                     keep the last N messages per topic for `psub` resume (default 0: off)
+  --history-ttl-s S               and drop history older than S seconds (default 0: no age limit)
+  --history-topics-max N          topics that keep a history at once (default 100000)";
 
 #[derive(Clone, Copy)]
 enum Mode {
@@ -110,6 +113,12 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 .push(it.next().ok_or("--origin needs a value")?),
             "--recv-buffers" => c.recv_buffers_per_worker = num(&flag, it.next())?,
             "--recv-buffer-bytes" => c.recv_buffer_bytes = num(&flag, it.next())?,
+            "--history" => c.history_messages_max = num(&flag, it.next())?,
+            "--history-ttl-s" => {
+                let s: u64 = num(&flag, it.next())?;
+                c.history_age_max_ms = s.saturating_mul(1000);
+            }
+            "--history-topics-max" => c.history_topics_max = num(&flag, it.next())?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option: {other}")),
         }

@@ -24,8 +24,9 @@ use super::sys;
 use crate::config::{BackpressurePolicy, Config};
 use crate::handler::{
     Backpressure, Conn, ConnId, ConnOps, Frame, Handler, Mail, Message, OpenDecision, Publisher,
-    with_deflater,
+    Resume, with_deflater,
 };
+use crate::history::Position;
 use crate::metrics::{Metrics, WorkerMetrics, add, dec};
 use crate::proto::connection::{self, Connection, Limits, MessageKind, Role, Sink, State};
 use crate::proto::deflate::{self, Inflater};
@@ -33,6 +34,7 @@ use crate::proto::error::close_code;
 use crate::proto::frame::{self, HEADER_BYTES_MAX, OpCode};
 use crate::proto::handshake::{self, Parsed, Request};
 use crate::timer::TimerWheel;
+use crate::topics::Sequenced;
 
 /// Fixed-file slots beyond the connection limit, so that a connection past the limit can still
 /// be accepted and answered 503 instead of being left in the backlog.
@@ -64,7 +66,9 @@ pub(crate) struct WorkerSetup {
 /// Work found during a turn and run before the turn ends.
 enum Deferred {
     Close(Key, u16, Box<str>),
-    Publish(Arc<str>, Frame),
+    Publish(Arc<str>, Frame, Option<Arc<Sequenced>>),
+    /// What a positioned subscription replays, queued behind the handler's own answer.
+    Replay(Key, Vec<Frame>),
     Broadcast(Frame),
     Backpressure(Key, usize, Backpressure),
 }
@@ -75,6 +79,9 @@ struct Shared {
     ops: Vec<Op>,
     pool: super::buffers::SendPool,
     topics: HashMap<Box<str>, Vec<Key>>,
+    /// Positioned subscribers (resume) by topic, each with the latest position it was given:
+    /// a live message at or before it was already replayed, and is skipped.
+    positioned: HashMap<Box<str>, Vec<(Key, Position)>>,
     deferred: VecDeque<Deferred>,
     dirty: Vec<Key>,
     metrics: Arc<WorkerMetrics>,
@@ -142,6 +149,16 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Adds `topic` to this connection's list; false if it was listed already.
+    fn list_topic(&mut self, topic: &str) -> bool {
+        let list = self.st.topics.get_or_insert_with(Default::default);
+        if list.iter().any(|t| &**t == topic) {
+            return false;
+        }
+        list.push(topic.into());
+        true
+    }
+
     fn queue(&mut self) -> &mut SendQueue {
         self.sh.touch(self.key, self.st);
         let pool = &mut self.sh.pool;
@@ -289,16 +306,38 @@ impl ConnOps for Ctx<'_> {
     }
 
     fn subscribe(&mut self, topic: &str) {
-        let list = self.st.topics.get_or_insert_with(Default::default);
-        if list.iter().any(|t| &**t == topic) {
+        // Listed already: plainly subscribed (nothing to do), or positioned (made plain).
+        if !self.list_topic(topic) && !remove_positioned(&mut self.sh.positioned, topic, self.key) {
             return;
         }
-        list.push(topic.into());
         self.sh
             .topics
             .entry(topic.into())
             .or_default()
             .push(self.key);
+    }
+
+    fn subscribe_from(&mut self, topic: &str, from: Option<Position>) -> Option<Resume> {
+        let resumed = self.sh.publisher.history()?.resume(topic, from);
+        if !self.list_topic(topic) {
+            remove_subscriber(&mut self.sh.topics, topic, self.key);
+            remove_positioned(&mut self.sh.positioned, topic, self.key);
+        }
+        self.sh
+            .positioned
+            .entry(topic.into())
+            .or_default()
+            .push((self.key, resumed.last));
+        let answer = Resume {
+            replayed: resumed.frames.len(),
+            gap: resumed.gap,
+        };
+        if !resumed.frames.is_empty() {
+            self.sh
+                .deferred
+                .push_back(Deferred::Replay(self.key, resumed.frames));
+        }
+        Some(answer)
     }
 
     fn unsubscribe(&mut self, topic: &str) {
@@ -313,6 +352,7 @@ impl ConnOps for Ctx<'_> {
             self.st.topics = None;
         }
         remove_subscriber(&mut self.sh.topics, topic, self.key);
+        remove_positioned(&mut self.sh.positioned, topic, self.key);
     }
 
     fn publish(&mut self, topic: &str, frame: Frame) {
@@ -322,7 +362,7 @@ impl ConnOps for Ctx<'_> {
             .publish_frame(topic, frame.clone(), Some(worker));
         self.sh
             .deferred
-            .push_back(Deferred::Publish(Arc::from(topic), frame));
+            .push_back(Deferred::Publish(Arc::from(topic), frame, None));
     }
 
     fn broadcast(&mut self, frame: Frame) {
@@ -340,6 +380,25 @@ impl ConnOps for Ctx<'_> {
     fn publisher(&self) -> &Publisher {
         &self.sh.publisher
     }
+}
+
+/// Drops `key`'s positioned subscription to `topic`; false if it had none.
+fn remove_positioned(
+    positioned: &mut HashMap<Box<str>, Vec<(Key, Position)>>,
+    topic: &str,
+    key: Key,
+) -> bool {
+    let Some(subs) = positioned.get_mut(topic) else {
+        return false;
+    };
+    let Some(i) = subs.iter().position(|(k, _)| *k == key) else {
+        return false;
+    };
+    subs.swap_remove(i);
+    if subs.is_empty() {
+        positioned.remove(topic);
+    }
+    true
 }
 
 fn remove_subscriber(topics: &mut HashMap<Box<str>, Vec<Key>>, topic: &str, key: Key) {
@@ -1044,6 +1103,7 @@ impl<H: Handler> Engine<H> {
             .flat_map(|b| b.into_iter())
         {
             remove_subscriber(&mut self.sh.topics, &topic, key);
+            remove_positioned(&mut self.sh.positioned, &topic, key);
         }
         if let Some(q) = slot.st.send.take() {
             self.sh.pool.give_back(discarded(q));
@@ -1189,17 +1249,28 @@ impl<H: Handler> Engine<H> {
     fn run_deferred(&mut self, d: Deferred) {
         match d {
             Deferred::Close(key, code, reason) => self.close_ws(key, code, &reason),
-            Deferred::Publish(topic, frame) => {
-                let Some(subs) = self.sh.topics.get(&*topic) else {
-                    return;
-                };
+            Deferred::Publish(topic, frame, seq) => {
                 let mut keys = std::mem::take(&mut self.keys);
                 keys.clear();
-                keys.extend_from_slice(subs);
+                if let Some(subs) = self.sh.topics.get(&*topic) {
+                    keys.extend_from_slice(subs);
+                }
                 for &k in &keys {
                     self.deliver(k, &frame);
                 }
+                if let Some(seq) = seq {
+                    keys.clear();
+                    positioned_due(&mut self.sh.positioned, &topic, seq.position, &mut keys);
+                    for &k in &keys {
+                        self.deliver(k, &seq.frame);
+                    }
+                }
                 self.keys = keys;
+            }
+            Deferred::Replay(key, frames) => {
+                for f in &frames {
+                    self.deliver(key, f);
+                }
             }
             Deferred::Broadcast(frame) => {
                 let mut keys = std::mem::take(&mut self.keys);
@@ -1243,9 +1314,10 @@ impl<H: Handler> Engine<H> {
                     );
                 }
             }
-            Mail::Publish(topic, frame) => {
-                self.sh.deferred.push_back(Deferred::Publish(topic, frame))
-            }
+            Mail::Publish(topic, frame, seq) => self
+                .sh
+                .deferred
+                .push_back(Deferred::Publish(topic, frame, seq)),
             Mail::Broadcast(frame) => self.sh.deferred.push_back(Deferred::Broadcast(frame)),
             Mail::Shutdown => self.begin_stop(),
         }
@@ -1358,6 +1430,22 @@ impl<H: Handler> Engine<H> {
 }
 
 /// The op for the next send of a queue (zero-copy for large batches when enabled).
+/// The positioned subscribers of `topic` that have not had `at` yet (it is past the latest
+/// position each was given, or of a newer epoch), into `due`; each is now at `at`.
+fn positioned_due(
+    positioned: &mut HashMap<Box<str>, Vec<(Key, Position)>>,
+    topic: &str,
+    at: Position,
+    due: &mut Vec<Key>,
+) {
+    for (key, last) in positioned.get_mut(topic).into_iter().flatten() {
+        if at.epoch != last.epoch || at.offset > last.offset {
+            *last = at;
+            due.push(*key);
+        }
+    }
+}
+
 fn send_op(key: Key, fd: u32, op: SendOp, q: &mut SendQueue, zc_bytes_min: usize) -> Op {
     if zc_bytes_min > 0 && q.inflight_bytes() >= zc_bytes_min {
         return Op::SendMsgZc {
@@ -1427,6 +1515,7 @@ impl<H: Handler> Worker<H> {
             ops: Vec::new(),
             pool: SendPool::with_arena(send_arena(&ring, &cfg)),
             topics: HashMap::new(),
+            positioned: HashMap::new(),
             deferred: VecDeque::new(),
             dirty: Vec::new(),
             metrics: setup.metrics,
