@@ -470,7 +470,11 @@ mod tests {
                     assert_eq!(h.push(step, now), m.push(step, now));
                 } else {
                     let offset = next(&mut seed) % (h.last().offset + 3);
-                    let epoch = if next(&mut seed).is_multiple_of(10) { 4 } else { 5 };
+                    let epoch = if next(&mut seed).is_multiple_of(10) {
+                        4
+                    } else {
+                        5
+                    };
                     let after = Position { epoch, offset };
                     let got = h.replay_after(after, now);
                     let got = (got.is_gap(), items(&got));

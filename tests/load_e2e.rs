@@ -320,3 +320,67 @@ fn a_server_without_deflate_declines_and_the_run_stays_plain() {
     );
     assert!(value(&json, "messages") >= 10.0);
 }
+
+fn resume_args<'a>(url: &'a str) -> Vec<&'a str> {
+    vec![
+        "resume",
+        "--url",
+        url,
+        "--conns",
+        "100",
+        "--size",
+        "48",
+        "--interval-ms",
+        "2",
+        "--duration",
+        "3",
+        "--churn-ms",
+        "300",
+        "--down-ms",
+        "30",
+    ]
+}
+
+#[test]
+fn resume_under_churn_loses_nothing() {
+    let (_server, url) = serve_with("pubsub", &["--history", "100000"]);
+    let json = load(&resume_args(&url), &out_path("resume"));
+    let drops = value(&json, "resume_drops");
+    assert!(drops > 0.0, "subscribers dropped: {json}");
+    assert_eq!(value(&json, "resume_resumed"), drops, "every drop resumed");
+    assert!(value(&json, "resume_recovered") > 0.0, "replays happened");
+    assert_eq!(value(&json, "resume_gaps"), 0.0);
+    assert_eq!(value(&json, "resume_not_back"), 0.0);
+    assert_eq!(value(&json, "missing"), 0.0);
+    assert_eq!(value(&json, "out_of_order"), 0.0);
+    assert_eq!(
+        value(&json, "deliveries"),
+        value(&json, "messages") * 100.0,
+        "every subscriber got every message once"
+    );
+    assert_eq!(value(&json, "passed"), 1.0);
+}
+
+#[test]
+fn resume_past_history_reports_gaps_and_fails() {
+    // Five messages of history at 500 publishes/s: a subscriber away for 30 ms misses some.
+    let (_server, url) = serve_with("pubsub", &["--history", "5"]);
+    let out = out_path("resume-gap");
+    let status = Command::new(env!("CARGO_BIN_EXE_ringws-load"))
+        .args(resume_args(&url))
+        .args([
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+            "--deadline-s",
+            "60",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run ringws-load");
+    let json = std::fs::read_to_string(&out).expect("report written");
+    assert!(!status.success(), "a run with gaps must fail:\n{json}");
+    assert!(value(&json, "resume_gaps") > 0.0, "{json}");
+    assert!(value(&json, "missing") > 0.0, "{json}");
+    assert_eq!(value(&json, "passed"), 0.0);
+}

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
-usage: ringws-load <echo|fanout|connect|idle> [options]
+usage: ringws-load <echo|fanout|resume|connect|idle> [options]
   --url ws://127.0.0.1:9001/   server (loopback IPv4 only)
   --conns C                    connections (fanout: subscribers; plus 1 publisher)   [100]
   --size S                     payload bytes (fanout: >= 16)                          [512]
@@ -27,6 +27,10 @@ usage: ringws-load <echo|fanout|connect|idle> [options]
   --mode broadcast|pubsub      fanout: the server's mode; pubsub subscribes to        [broadcast]
                                --topic and publishes text (size >= 32)
   --topic T                    pubsub topic                                           [bench]
+  resume: fanout through pubsub (`ringws serve --mode pubsub --history N`) with `psub`;
+  each subscriber drops at random and comes back with `psub <topic> <last position>`:
+  --churn-ms T                 a subscriber drops about every T ms (uniform 0.5T..1.5T) [1000]
+  --down-ms T                  and stays away T ms before it reconnects               [100]
   --deflate                    offer permessage-deflate (RFC 7692) on every connection;
                                JSON-like payloads; echo sends >= 256 B compressed
   --quiet                      no progress line";
@@ -38,15 +42,23 @@ pub const CONNS_PER_WORKER_MAX: u32 = 19_990;
 pub enum Scenario {
     Echo,
     Fanout,
+    /// Fanout through pubsub with churn: subscribers drop and resume from their position.
+    Resume,
     Connect,
     Idle,
 }
 
 impl Scenario {
+    /// Fanout and resume: a publisher and subscribers.
+    pub fn is_fanout(self) -> bool {
+        matches!(self, Scenario::Fanout | Scenario::Resume)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Echo => "echo",
             Scenario::Fanout => "fanout",
+            Scenario::Resume => "resume",
             Scenario::Connect => "connect",
             Scenario::Idle => "idle",
         }
@@ -82,6 +94,10 @@ pub struct Args {
     /// Fanout through the server's pubsub mode on this topic (None: broadcast mode).
     pub pubsub_topic: Option<String>,
     topic: String,
+    /// resume: a subscriber drops about every this many ms.
+    pub churn_ms: u64,
+    /// resume: and stays away this long.
+    pub down_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +155,7 @@ impl Args {
         let scenario = match first.as_str() {
             "echo" => Scenario::Echo,
             "fanout" => Scenario::Fanout,
+            "resume" => Scenario::Resume,
             "connect" => Scenario::Connect,
             "idle" => Scenario::Idle,
             other => return err(format!("unknown scenario {other:?}")),
@@ -186,8 +203,10 @@ impl Args {
             grace_ms: 5_000,
             quiet: false,
             deflate: false,
-            pubsub_topic: None,
+            pubsub_topic: (scenario == Scenario::Resume).then(|| "bench".into()),
             topic: "bench".into(),
+            churn_ms: 1_000,
+            down_ms: 100,
         }
     }
 
@@ -217,6 +236,8 @@ impl Args {
             "--retries" => self.retries = num(flag, v)?,
             "--deadline-s" => self.deadline_ms = Some(num::<u64>(flag, v)? * 1000),
             "--grace-ms" => self.grace_ms = num(flag, v)?,
+            "--churn-ms" => self.churn_ms = num(flag, v)?,
+            "--down-ms" => self.down_ms = num(flag, v)?,
             "--mode" => match v {
                 "broadcast" => self.pubsub_topic = None,
                 "pubsub" => self.pubsub_topic = Some(self.topic.clone()),
@@ -240,7 +261,13 @@ impl Args {
         if self.conns == 0 || self.conns > 4_000_000 {
             return err("--conns must be in 1 ..= 4000000");
         }
-        if self.scenario == Scenario::Fanout && self.size < 16 {
+        if self.scenario == Scenario::Resume && self.pubsub_topic.is_none() {
+            return err("resume goes through pubsub (no --mode broadcast)");
+        }
+        if self.scenario == Scenario::Resume && self.churn_ms == 0 {
+            return err("--churn-ms must be >= 1");
+        }
+        if self.scenario.is_fanout() && self.size < 16 {
             return err("fanout --size must be >= 16 (sequence number and timestamp)");
         }
         if self.pubsub_topic.is_some() && self.size < 32 {
@@ -260,7 +287,7 @@ impl Args {
 
     /// Connections including the fanout publisher.
     pub fn total_conns(&self) -> u32 {
-        self.conns + u32::from(self.scenario == Scenario::Fanout)
+        self.conns + u32::from(self.scenario.is_fanout())
     }
 
     /// Client rings: as asked, else enough that none holds more than `CONNS_PER_WORKER_MAX`.

@@ -51,6 +51,47 @@ impl Errors {
     }
 }
 
+/// Churn and resume (`ringws-load resume`): subscribers that dropped and came back with
+/// `psub <topic> <position>`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resumes {
+    /// Times a subscriber dropped its connection on purpose.
+    pub drops: u64,
+    /// Times it came back and the server confirmed the resume (`ok psub …`).
+    pub resumed: u64,
+    /// Messages the server replayed to resumed subscribers (`ok psub <topic> <n>`).
+    pub recovered: u64,
+    /// Resumes the server answered `gap`: history did not reach back (an error of the run).
+    pub gaps: u64,
+    /// Subscribers still away when the run ended (an error of the run).
+    pub not_back: u64,
+    /// Time to resume, from the reconnect to the server's answer: p50 and p99.
+    pub resume_p50_ns: u64,
+    pub resume_p99_ns: u64,
+}
+
+impl Resumes {
+    pub fn add(&mut self, o: &Resumes) {
+        self.drops += o.drops;
+        self.resumed += o.resumed;
+        self.recovered += o.recovered;
+        self.gaps += o.gaps;
+        self.not_back += o.not_back;
+    }
+
+    fn fields(&self) -> [(&'static str, String); 7] {
+        [
+            ("resume_drops", num(self.drops as f64)),
+            ("resume_resumed", num(self.resumed as f64)),
+            ("resume_recovered", num(self.recovered as f64)),
+            ("resume_gaps", num(self.gaps as f64)),
+            ("resume_not_back", num(self.not_back as f64)),
+            ("resume_p50_ms", num(ms(self.resume_p50_ns))),
+            ("resume_p99_ms", num(ms(self.resume_p99_ns))),
+        ]
+    }
+}
+
 /// permessage-deflate as the client saw it. Bytes and messages count what arrived on every open
 /// connection, the fanout publisher's own copies included (frames, not the handshake answer);
 /// `wire` is what TCP delivered, `payload` what the messages held once inflated.
@@ -159,6 +200,8 @@ pub struct Report {
     /// pending-handshake limit); not errors unless the last attempt fails too.
     pub connect_retries: u64,
     pub compression: Compression,
+    /// `resume` only: drops, resumes, what was recovered and what was not.
+    pub resumes: Option<Resumes>,
     /// CPU seconds the server (`--server-pid`) used during the run phase (0: not measured).
     pub server_cpu_run_s: f64,
     /// CPU seconds the load generator itself used during the run phase (is it the limit?).
@@ -257,14 +300,18 @@ impl Report {
             .count()
     }
 
-    /// A run passes with no error of any kind (fanout: nothing missing or out of order).
+    /// A run passes with no error of any kind (fanout: nothing missing or out of order;
+    /// resume: besides, no gap and every subscriber back).
     pub fn passed(&self) -> bool {
-        self.errors.total() == 0
+        self.errors.total() == 0 && self.resumes.is_none_or(|r| r.gaps == 0 && r.not_back == 0)
     }
 
     fn scalar_fields(&self) -> Vec<(&'static str, String)> {
         let mut fields = self.run_fields();
         fields.extend(self.compression.fields());
+        if let Some(r) = &self.resumes {
+            fields.extend(r.fields());
+        }
         fields.push(("passed", self.passed().to_string()));
         fields
     }

@@ -76,7 +76,7 @@ pub fn setups(args: &Args, workers: u32) -> Vec<Setup> {
                 index: w as usize,
                 conns,
                 first_id,
-                publisher: w == 0 && args.scenario == Scenario::Fanout,
+                publisher: w == 0 && args.scenario.is_fanout(),
                 cpu: (!args.pin_cpus.is_empty())
                     .then(|| args.pin_cpus[w as usize % args.pin_cpus.len()]),
             };
@@ -105,6 +105,7 @@ fn plan(args: &Args, src_ips: u32) -> Plan {
         retries: args.retries,
         stall_ms: args.grace_ms,
         pubsub_topic: args.pubsub_topic.clone(),
+        churn: (args.scenario == Scenario::Resume).then_some((args.churn_ms, args.down_ms)),
         deflate: args.deflate,
     }
 }
@@ -240,7 +241,7 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
                     clock.run_end_ns = now;
                     break;
                 }
-                let publisher = u64::from(args.scenario == Scenario::Fanout);
+                let publisher = u64::from(args.scenario.is_fanout());
                 shared
                     .subscribers_open
                     .store(open.saturating_sub(publisher), Ordering::Release);
@@ -254,13 +255,13 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
                 shared.phase.store(p, Ordering::Release);
             }
             phase::RUN
-                if args.scenario != Scenario::Fanout
+                if !args.scenario.is_fanout()
                     && now >= clock.run_start_ns + args.duration_ms * 1_000_000 =>
             {
                 clock.run_end_ns = now;
                 break;
             }
-            phase::RUN if args.scenario != Scenario::Fanout => {}
+            phase::RUN if !args.scenario.is_fanout() => {}
             phase::RUN if shared.publish_done.load(Ordering::Acquire) => {
                 drain_start_ns = now;
                 p = phase::DRAIN;
@@ -271,7 +272,9 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
                 let subscribers = open.min(shared.subscribers_open.load(Ordering::Acquire));
                 let want = shared.published.load(Ordering::Acquire) * subscribers;
                 let got = shared.messages.load(Ordering::Acquire);
-                if got >= want || now >= drain_start_ns + args.grace_ms * 1_000_000 {
+                // Resume: also wait for the subscribers still away (they come back with a replay).
+                let away = shared.away.load(Ordering::Acquire);
+                if (got >= want && away == 0) || now >= drain_start_ns + args.grace_ms * 1_000_000 {
                     clock.run_end_ns = now;
                     break;
                 }
@@ -304,7 +307,7 @@ fn sample(
     } else {
         0.0
     };
-    let fanout = args.scenario == Scenario::Fanout;
+    let fanout = args.scenario.is_fanout();
     let s = Sample {
         t_s: now as f64 / 1e9,
         open: shared.open.load(Ordering::Relaxed),
@@ -330,7 +333,11 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         ..Report::default()
     };
     let mut published = 0;
+    let mut resumes = super::report::Resumes::default();
+    let mut resume_latency = Latency::new();
     for o in outcomes {
+        resumes.add(&o.resumes);
+        resume_latency.merge(&o.resume_latency);
         latency.merge(&o.latency);
         broadcasts.merge(&o.broadcasts);
         report.errors.add(&o.errors);
@@ -344,7 +351,12 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         published = published.max(o.published);
     }
     // The connected count includes the publisher; the report counts subscribers.
-    if args.scenario == Scenario::Fanout {
+    if args.scenario == Scenario::Resume {
+        resumes.resume_p50_ns = resume_latency.quantile_ns(0.5);
+        resumes.resume_p99_ns = resume_latency.quantile_ns(0.99);
+        report.resumes = Some(resumes);
+    }
+    if args.scenario.is_fanout() {
         report.connected = report.connected.saturating_sub(1);
         report.deliveries = report.messages;
         report.messages = published;

@@ -126,7 +126,7 @@ fn x_ticks(out: &mut String, p: &Panel, ticks: &[(f64, String)]) {
 }
 
 fn rate_panel(out: &mut String, r: &Report, y0: f64) {
-    let fanout = r.scenario == "fanout";
+    let fanout = r.scenario == "fanout" || r.scenario == "resume";
     let rate = |s: &super::report::Sample| {
         if fanout {
             s.deliveries_per_s

@@ -36,9 +36,10 @@ use io_uring::types::{DestinationSlot, Fixed, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 
 use super::buffers::RecvPool;
+use crate::history::Position;
 use crate::load::args::Scenario;
 use crate::load::payload;
-use crate::load::report::{Compression, Errors};
+use crate::load::report::{Compression, Errors, Resumes};
 use crate::load::seq::{SeqCounts, SeqTracker};
 use crate::load::stats::{Broadcasts, Latency};
 use crate::proto::connection::{Connection, Limits, MessageKind, Role, Sink, State};
@@ -119,6 +120,9 @@ pub struct Plan {
     pub pubsub_topic: Option<String>,
     /// Offer permessage-deflate; payloads are JSON-like, echo sends compressed.
     pub deflate: bool,
+    /// Resume: subscribers subscribe with `psub`, drop about every `.0` ms (uniformly 0.5–1.5×)
+    /// and come back `.1` ms later with `psub <topic> <last position>`.
+    pub churn: Option<(u64, u64)>,
 }
 
 /// Counters and the phase, shared by all workers and the main thread.
@@ -143,6 +147,8 @@ pub struct Shared {
     pub interrupted: AtomicBool,
     /// The publisher is done (count or duration reached).
     pub publish_done: AtomicBool,
+    /// Resume: subscribers dropped and not yet back (the drain waits for them).
+    pub away: AtomicU64,
 }
 
 impl Shared {
@@ -160,6 +166,7 @@ impl Shared {
             published: AtomicU64::new(0),
             publish_done: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
+            away: AtomicU64::new(0),
         }
     }
 
@@ -202,6 +209,10 @@ pub struct Outcome {
     /// The first Close frames the server sent (code, reason), for diagnosis.
     pub close_codes: Vec<(u16, String)>,
     pub compression: Compression,
+    /// Resume: drops and resumes (latency quantiles are filled in by the merge).
+    pub resumes: Resumes,
+    /// Resume: from each reconnect to the server's `ok psub` answer.
+    pub resume_latency: Latency,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,6 +240,8 @@ enum Phase {
     Closed,
     /// Failed to open; its slot is being closed, then it connects again.
     Retrying,
+    /// Resume: dropped on purpose; its slot is being closed, then it comes back and resumes.
+    Away,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,13 +274,25 @@ struct Conn {
     /// Echo: counter of the message in flight and when it was sent.
     echo_counter: u64,
     echo_sent_ns: u64,
+    resume: ResumeState,
 }
 
 impl Conn {
     /// Closed, or closed and waiting to connect again: no sends, no receives.
     fn is_dead(&self) -> bool {
-        matches!(self.phase, Phase::Closed | Phase::Retrying)
+        matches!(self.phase, Phase::Closed | Phase::Retrying | Phase::Away)
     }
+}
+
+/// A resuming subscriber's memory across its connections.
+#[derive(Default)]
+struct ResumeState {
+    /// The position of the latest message it got: where it resumes from.
+    last: Option<Position>,
+    /// It dropped and has not had the server's answer to its resume yet.
+    resuming: bool,
+    /// When its reconnect started (time to resume).
+    reconnect_ns: u64,
 }
 
 /// What a received message is checked against, and where results go.
@@ -283,6 +308,9 @@ struct RecvCtx<'a> {
     topic: Option<&'a str>,
     subscribed: &'a mut bool,
     just_subscribed: bool,
+    resume: &'a mut ResumeState,
+    /// This receive completed a resume (the server answered `ok psub …`).
+    just_resumed: bool,
     out: &'a mut Outcome,
     lend: &'a mut Lend,
 }
@@ -322,22 +350,21 @@ impl Sink for ConnSink<'_, '_> {
                     c.just_subscribed = true;
                 }
             }
-            (Scenario::Fanout, Kind::Peer) => match read_fanout(c.topic.is_some(), payload) {
-                Some((seq, sent_ns))
-                    if payload.len() == c.size
-                        && payload::check_fanout_body(
-                            payload,
-                            c.template,
-                            header_bytes(c.topic),
-                        ) =>
-                {
-                    c.seq.observe(seq, &mut c.out.seq);
-                    c.out.broadcasts.record(seq, sent_ns, c.now_ns);
-                    c.out.latency.record_ns(c.now_ns.saturating_sub(sent_ns));
-                    c.out.messages += 1;
+            (Scenario::Resume, Kind::Peer) if !*c.subscribed => c.psub_answer(payload),
+            (Scenario::Fanout, Kind::Peer) => c.fanout_delivery(payload),
+            (Scenario::Resume, Kind::Peer) => {
+                // `<position> <payload>`.
+                let split = payload.iter().position(|&b| b == b' ');
+                let pos =
+                    split.and_then(|at| std::str::from_utf8(&payload[..at]).ok()?.parse().ok());
+                match (split, pos) {
+                    (Some(at), Some(pos)) => {
+                        c.resume.last = Some(pos);
+                        c.fanout_delivery(&payload[at + 1..]);
+                    }
+                    _ => c.out.errors.mismatch += 1,
                 }
-                _ => c.out.errors.mismatch += 1,
-            },
+            }
             // The publisher may get its own broadcasts back; idle connections expect nothing.
             _ => {}
         }
@@ -375,6 +402,60 @@ impl Sink for ConnSink<'_, '_> {
 
     fn give_inflater(&mut self, inflater: Box<Inflater>) {
         self.ctx.lend.inflater = Some(inflater);
+    }
+}
+
+impl RecvCtx<'_> {
+    /// One fanout message: its sequence number, latency and body checked.
+    fn fanout_delivery(&mut self, payload: &[u8]) {
+        match read_fanout(self.topic.is_some(), payload) {
+            Some((seq, sent_ns))
+                if payload.len() == self.size
+                    && payload::check_fanout_body(
+                        payload,
+                        self.template,
+                        header_bytes(self.topic),
+                    ) =>
+            {
+                self.seq.observe(seq, &mut self.out.seq);
+                self.out.broadcasts.record(seq, sent_ns, self.now_ns);
+                self.out
+                    .latency
+                    .record_ns(self.now_ns.saturating_sub(sent_ns));
+                self.out.messages += 1;
+            }
+            _ => self.out.errors.mismatch += 1,
+        }
+    }
+
+    /// The answer to `psub <topic> [<position>]`: `ok psub <topic> <replayed>` or `… gap`.
+    fn psub_answer(&mut self, payload: &[u8]) {
+        let Some(topic) = self.topic else { return };
+        let rest = payload
+            .strip_prefix(b"ok psub ")
+            .and_then(|r| r.strip_prefix(topic.as_bytes()))
+            .and_then(|r| r.strip_prefix(b" "));
+        let Some(rest) = rest else { return };
+        let replayed = std::str::from_utf8(rest)
+            .ok()
+            .and_then(|n| n.parse::<u64>().ok());
+        if replayed.is_none() && rest != b"gap" {
+            self.out.errors.mismatch += 1;
+            return;
+        }
+        *self.subscribed = true;
+        self.just_subscribed = true;
+        if std::mem::take(&mut self.resume.resuming) {
+            self.just_resumed = true;
+            let r = &mut self.out.resumes;
+            r.resumed += 1;
+            match replayed {
+                Some(n) => r.recovered += n,
+                None => r.gaps += 1,
+            }
+            let took = self.now_ns.saturating_sub(self.resume.reconnect_ns);
+            self.out.resume_latency.record_ns(took);
+        }
     }
 }
 
@@ -533,6 +614,8 @@ struct Worker {
     last_publish_ns: u64,
     next_publish_ns: u64,
     last_scan_ms: u64,
+    /// Resume: when each open subscriber drops next, (due ns, index), soonest first.
+    drops: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32)>>,
 }
 
 /// Runs one client worker until the main thread sets `phase::STOP`.
@@ -599,6 +682,7 @@ impl Worker {
                 subscribed: plan.pubsub_topic.is_none() || kind == Kind::Publisher,
                 echo_counter: 0,
                 echo_sent_ns: 0,
+                resume: ResumeState::default(),
             });
         }
         let mut addrs = vec![sockaddr(*plan.server.ip(), plan.server.port())];
@@ -639,6 +723,7 @@ impl Worker {
             last_publish_ns: 0,
             next_publish_ns: 0,
             last_scan_ms: 0,
+            drops: std::collections::BinaryHeap::new(),
         })
     }
 
@@ -655,6 +740,7 @@ impl Worker {
             self.start_connects(now_ns)?;
             if self.seen_phase == phase::RUN {
                 self.publish(now_ns);
+                self.churn(now_ns)?;
             }
             self.scan_timeouts(now_ns);
             self.flush_sends()?;
@@ -682,13 +768,15 @@ impl Worker {
     /// Counts what never arrived at each subscriber.
     fn finish(&mut self) {
         self.flush_counters();
-        if self.plan.scenario != Scenario::Fanout {
+        if !self.plan.scenario.is_fanout() {
             return;
         }
         let published = self.shared.published.load(Ordering::Acquire);
         for c in &self.conns {
             if c.kind == Kind::Peer && c.phase == Phase::Open {
                 c.seq.finish(published, &mut self.out.seq);
+            } else if c.kind == Kind::Peer && c.resume.resuming {
+                self.out.resumes.not_back += 1;
             }
         }
         self.out.errors.missing += self.out.seq.missing;
@@ -764,7 +852,12 @@ impl Worker {
             // A retry: the failed attempt left the protocol state Closed.
             c.proto = Connection::new(Role::Client, self.limits, seed);
             c.response = Vec::new();
-            c.seq = SeqTracker::default();
+            if c.resume.resuming {
+                // Coming back after a drop: the same subscriber, so the same sequence.
+                c.resume.reconnect_ns = now_ns;
+            } else {
+                c.seq = SeqTracker::default();
+            }
             c.subscribed = self.plan.pubsub_topic.is_none() || c.kind == Kind::Publisher;
         }
         c.phase = Phase::Connecting;
@@ -934,6 +1027,13 @@ impl Worker {
                 let due = self.shared.now_ns() + (100_000_000 << (c.attempt - 1).min(6));
                 self.retry_queue.push_back((due, i));
             }
+            OP_CLOSE if self.conns[i as usize].phase == Phase::Away => {
+                let c = &mut self.conns[i as usize];
+                c.attempt = c.attempt.wrapping_add(1);
+                let down_ns = self.plan.churn.map_or(0, |(_, down)| down * 1_000_000);
+                self.retry_queue
+                    .push_back((self.shared.now_ns() + down_ns, i));
+            }
             OP_SHUTDOWN | OP_CLOSE => {}
             _ => unreachable!("unknown op {op} in user_data"),
         }
@@ -972,10 +1072,10 @@ impl Worker {
 
     fn on_send(&mut self, i: u32, res: i32) -> io::Result<()> {
         let c = &mut self.conns[i as usize];
-        if res < 0 || c.phase == Phase::Closed {
+        if res < 0 || c.is_dead() {
             c.send_busy = false;
             c.inflight.clear();
-            return if c.phase == Phase::Closed {
+            return if c.is_dead() {
                 Ok(())
             } else {
                 self.note(i, "send", res);
@@ -1038,10 +1138,17 @@ impl Worker {
     fn after_data(&mut self, i: u32, outcome: DataOutcome, now_ns: u64) -> io::Result<()> {
         match outcome {
             DataOutcome::Nothing => {}
+            DataOutcome::Resumed => {
+                self.connecting -= 1;
+                self.local.open += 1;
+                self.shared.away.fetch_sub(1, Ordering::AcqRel);
+                self.schedule_drop(i, now_ns);
+            }
             DataOutcome::Opened => {
                 self.connecting -= 1;
                 self.local.open += 1;
                 self.count_deflate(i);
+                self.schedule_drop(i, now_ns);
                 if self.seen_phase == phase::RUN && self.plan.scenario == Scenario::Echo {
                     self.send_echo(i, now_ns);
                 }
@@ -1084,6 +1191,48 @@ impl Worker {
     }
 
     // --- scenario -----------------------------------------------------------------------------
+
+    /// Resume: when this subscriber drops next, 0.5–1.5 × `churn` ms from now.
+    fn schedule_drop(&mut self, i: u32, now_ns: u64) {
+        let Some((every_ms, _)) = self.plan.churn else {
+            return;
+        };
+        if self.conns[i as usize].kind != Kind::Peer {
+            return;
+        }
+        let r = u64::from_le_bytes(self.random.next16()[..8].try_into().expect("8 bytes"));
+        let every_ns = every_ms * 1_000_000;
+        let due = now_ns + every_ns / 2 + r % every_ns.max(1);
+        self.drops.push(std::cmp::Reverse((due, i)));
+    }
+
+    /// Resume: drops the subscribers that are due (only those that have a position to resume
+    /// from; the others try again later). The slot closes, then reconnects `down` ms later.
+    fn churn(&mut self, now_ns: u64) -> io::Result<()> {
+        while let Some(&std::cmp::Reverse((due, i))) = self.drops.peek() {
+            if due > now_ns {
+                break;
+            }
+            self.drops.pop();
+            let c = &self.conns[i as usize];
+            if c.phase != Phase::Open || !c.subscribed {
+                continue;
+            }
+            if c.resume.last.is_none() {
+                self.schedule_drop(i, now_ns);
+                continue;
+            }
+            self.out.resumes.drops += 1;
+            self.shared.away.fetch_add(1, Ordering::AcqRel);
+            self.local.open = self.local.open.wrapping_sub(1);
+            self.connecting += 1;
+            self.close(i, true)?;
+            let c = &mut self.conns[i as usize];
+            c.phase = Phase::Away;
+            c.resume.resuming = true;
+        }
+        Ok(())
+    }
 
     fn send_echo(&mut self, i: u32, now_ns: u64) {
         let size = self.plan.size;
@@ -1261,7 +1410,7 @@ impl Worker {
     fn fail(&mut self, i: u32) -> io::Result<()> {
         match self.conns[i as usize].phase {
             Phase::Connecting | Phase::Handshaking => return self.fail_open(i, false),
-            Phase::Closed | Phase::Retrying | Phase::Idle => return Ok(()),
+            Phase::Closed | Phase::Retrying | Phase::Away | Phase::Idle => return Ok(()),
             Phase::Open => {}
         }
         self.out.errors.closed += 1;
@@ -1352,6 +1501,8 @@ impl Worker {
 enum DataOutcome {
     Nothing,
     Opened,
+    /// Resume: a subscriber that dropped is back and the server answered its `psub`.
+    Resumed,
     EchoDone,
     HandshakeFailed,
     Failed,
@@ -1389,17 +1540,19 @@ fn on_response(c: &mut Conn, data: &mut [u8], env: &mut Env<'_>) -> DataOutcome 
     // None when the server declined: the connection stays plain.
     c.proto.set_deflate(agreed);
     if let Some(topic) = env.plan.pubsub_topic.as_deref().filter(|_| !c.subscribed) {
-        let size = 4 + topic.len();
+        // Resume: `psub <topic>`, or `psub <topic> <position>` when coming back.
+        let command = match (env.plan.churn, c.resume.last) {
+            (None, _) => format!("sub {topic}"),
+            (Some(_), Some(p)) if c.resume.resuming => format!("psub {topic} {p}"),
+            (Some(_), _) => format!("psub {topic}"),
+        };
         queue_frame(
             MessageKind::Text,
             false,
             &mut c.proto,
             &mut c.pending,
-            size,
-            |body| {
-                body[..4].copy_from_slice(b"sub ");
-                body[4..].copy_from_slice(topic.as_bytes());
-            },
+            command.len(),
+            |body| body.copy_from_slice(command.as_bytes()),
         );
     }
     let mut rest = mem::take(&mut c.response);
@@ -1410,6 +1563,7 @@ fn on_response(c: &mut Conn, data: &mut [u8], env: &mut Env<'_>) -> DataOutcome 
     }
     match outcome {
         DataOutcome::Failed => DataOutcome::HandshakeFailed,
+        DataOutcome::Resumed => DataOutcome::Resumed,
         _ if c.subscribed => DataOutcome::Opened,
         _ => DataOutcome::Nothing, // counts as open once the subscription is confirmed
     }
@@ -1429,6 +1583,8 @@ fn on_frames(c: &mut Conn, data: &mut [u8], env: &mut Env<'_>) -> DataOutcome {
         topic: env.plan.pubsub_topic.as_deref(),
         subscribed: &mut c.subscribed,
         just_subscribed: false,
+        resume: &mut c.resume,
+        just_resumed: false,
         out: env.out,
         lend: env.lend,
     };
@@ -1441,12 +1597,16 @@ fn on_frames(c: &mut Conn, data: &mut [u8], env: &mut Env<'_>) -> DataOutcome {
     let closed_by_peer = sink.closed_by_peer;
     let echo_ok = ctx.echo_ok;
     let just_subscribed = ctx.just_subscribed;
+    let just_resumed = ctx.just_resumed;
     if res.is_err() {
         ctx.out.errors.protocol += 1;
         return DataOutcome::Failed;
     }
     if closed_by_peer || c.proto.state() == State::Closed {
         return DataOutcome::Failed;
+    }
+    if just_resumed {
+        return DataOutcome::Resumed;
     }
     if just_subscribed {
         return DataOutcome::Opened;
