@@ -321,7 +321,7 @@ fn a_server_without_deflate_declines_and_the_run_stays_plain() {
     assert!(value(&json, "messages") >= 10.0);
 }
 
-fn resume_args<'a>(url: &'a str) -> Vec<&'a str> {
+fn resume_args(url: &str) -> Vec<&str> {
     vec![
         "resume",
         "--url",
