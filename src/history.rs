@@ -275,6 +275,11 @@ pub mod reference {
             }
         }
 
+        /// The offset of the latest message pushed (0 before the first).
+        pub fn last_offset(&self) -> u64 {
+            self.all.len() as u64
+        }
+
         /// Whether the message with `offset` is still held, `seen_ms` being the latest time the
         /// history was given: it is among the last `messages_max`, and not older than
         /// `age_max_ms` then (times only grow, so what was once too old still is).

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod handler;
 pub mod history;
+pub mod history_redis;
 pub mod load;
 pub mod metrics;
 pub mod modes;
