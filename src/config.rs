@@ -4,6 +4,7 @@
 //! facing the Internet should start with; the tests shrink them to make timers fire quickly.
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// Default of [`Config::frame_bytes_max`].
 pub const FRAME_BYTES_MAX_DEFAULT: u64 = 16 * 1024 * 1024;
@@ -25,6 +26,38 @@ pub enum BackpressurePolicy {
     Close,
     /// Drop the message for this connection only and count it; the connection stays open.
     Drop,
+}
+
+/// One certificate chain and its key, named by the files they come from (read at start-up and
+/// again on every reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsCertFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `wss://`: the port then speaks TLS only (1.3 and 1.2, ALPN `http/1.1`, session tickets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The certificate for clients whose SNI names none of `sni` (or that send no SNI).
+    pub default: TlsCertFiles,
+    /// Certificates chosen by the SNI name the client asks for (exact, case-insensitive).
+    pub sni: Vec<(String, TlsCertFiles)>,
+}
+
+impl TlsSettings {
+    /// One certificate for every client.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> TlsSettings {
+        TlsSettings {
+            default: TlsCertFiles {
+                cert: cert.into(),
+                key: key.into(),
+            },
+            sni: Vec::new(),
+        }
+    }
 }
 
 /// All limits and timings of a server.
@@ -96,6 +129,10 @@ pub struct Config {
     pub deflate_compress_bytes_min: usize,
     /// zlib compression level for sent messages, 0–9.
     pub deflate_level: u8,
+    /// Serve `wss://` with these certificates (None: plain `ws://`). SIGHUP reloads them
+    /// (`ringws::run_until_signal`); a file that does not load is refused and the old
+    /// certificates stay.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Default for Config {
@@ -128,6 +165,7 @@ impl Default for Config {
             deflate_client_window_bits_max: 15,
             deflate_compress_bytes_min: DEFLATE_COMPRESS_BYTES_MIN_DEFAULT,
             deflate_level: DEFLATE_LEVEL_DEFAULT,
+            tls: None,
         }
     }
 }

@@ -26,7 +26,7 @@ pub mod runtime;
 pub mod server;
 pub mod timer;
 
-pub use config::{BackpressurePolicy, Config};
+pub use config::{BackpressurePolicy, Config, TlsCertFiles, TlsSettings};
 pub use handler::{
     Backpressure, Conn, ConnId, Handler, Message, OpenDecision, Publisher, UpgradeRequest, WorkerId,
 };
