@@ -272,3 +272,154 @@ fn key_updates_from_the_client_keep_traffic_flowing() {
     s.shutdown();
     s.join().unwrap();
 }
+
+#[test]
+fn sessions_resume_with_tickets_on_tls13_and_tls12() {
+    let (ca, s) = tls_server("resume", |_| {});
+    for config in [tls13(&ca), tls12(&ca)] {
+        // The same client configuration keeps the tickets it was given.
+        let mut first = WssClient::connect(s.local_addr(), config.clone()).unwrap();
+        assert_eq!(
+            first.stream.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Full)
+        );
+        echo_round(&mut first);
+        let mut again = WssClient::connect(s.local_addr(), config).unwrap();
+        assert_eq!(
+            again.stream.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
+        echo_round(&mut again);
+    }
+    assert_eq!(total(&s, |w| &w.tls_handshakes), 4);
+    assert_eq!(total(&s, |w| &w.tls_resumed), 2);
+    s.shutdown();
+    s.join().unwrap();
+}
+
+fn leaf(stream: &tls::TlsStream) -> Vec<u8> {
+    stream.conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+#[test]
+fn certificates_are_chosen_by_sni() {
+    let dir = tls::temp_dir("sni");
+    let ca = tls::Ca::new("sni CA");
+    let default = ca.issue(&["localhost"]);
+    let other = ca.issue(&["other.test"]);
+    let (dc, dk) = tls::write_pair(&dir, "default", &default);
+    let (oc, ok) = tls::write_pair(&dir, "other", &other);
+    let mut settings = ringws::TlsSettings::new(dc, dk);
+    settings.sni.push((
+        "Other.Test".into(),
+        ringws::TlsCertFiles { cert: oc, key: ok },
+    ));
+    let mut cfg = test_config();
+    cfg.tls = Some(settings);
+    let s = serve(cfg, |_| Echo);
+    let t = tls::connect_tls(s.local_addr(), tls13(&ca), "other.test").unwrap();
+    assert_eq!(
+        leaf(&t),
+        der(&other.0),
+        "the SNI name picks its certificate"
+    );
+    let t = tls::connect_tls(s.local_addr(), tls13(&ca), "localhost").unwrap();
+    assert_eq!(leaf(&t), der(&default.0), "any other name gets the default");
+    // A name that neither certificate covers gets the default one, which the client refuses.
+    assert!(tls::connect_tls(s.local_addr(), tls13(&ca), "nobody.test").is_err());
+    s.shutdown();
+    s.join().unwrap();
+}
+
+#[test]
+fn reload_serves_new_certificates_to_new_handshakes_and_refuses_bad_files() {
+    let (old_ca, settings, dir) = setup("reload");
+    let (cert_path, key_path) = (settings.default.cert.clone(), settings.default.key.clone());
+    let mut cfg = test_config();
+    cfg.tls = Some(settings);
+    let s = serve(cfg, |_| Echo);
+    let mut live = WssClient::connect(s.local_addr(), tls13(&old_ca)).unwrap();
+    let new_ca = tls::Ca::new("the new CA");
+    let fresh = new_ca.issue(&["localhost"]);
+    tls::write_pair(&dir, "server", &fresh);
+    s.reload_tls().unwrap();
+    let t = tls::connect_tls(s.local_addr(), tls13(&new_ca), "localhost").unwrap();
+    assert_eq!(leaf(&t), der(&fresh.0));
+    assert!(
+        tls::connect_tls(s.local_addr(), tls13(&old_ca), "localhost").is_err(),
+        "the old certificate is no longer served"
+    );
+    // The connection made before the reload goes on.
+    live.send(MessageKind::Text, b"still here").unwrap();
+    assert_eq!(live.recv().unwrap(), Event::Text("still here".into()));
+    // A file that is not PEM, and a key that belongs to another certificate, are refused and
+    // the certificate in use stays.
+    std::fs::write(&cert_path, "not a certificate").unwrap();
+    let e = s.reload_tls().unwrap_err().to_string();
+    assert!(e.contains(&cert_path.display().to_string()), "{e}");
+    std::fs::write(&cert_path, &fresh.0).unwrap();
+    std::fs::write(&key_path, new_ca.issue(&["localhost"]).1).unwrap();
+    let e = s.reload_tls().unwrap_err().to_string();
+    assert!(e.contains("do not belong together"), "{e}");
+    let t = tls::connect_tls(s.local_addr(), tls13(&new_ca), "localhost").unwrap();
+    assert_eq!(leaf(&t), der(&fresh.0), "the last good certificate stays");
+    s.shutdown();
+    s.join().unwrap();
+}
+
+#[test]
+fn sighup_reloads_the_binary_and_a_bad_file_is_logged_and_refused() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let (ca, settings, dir) = setup("sighup");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringws"))
+        .args(["serve", "--port", "0", "--workers", "1", "--no-pin"])
+        .arg("--tls-cert")
+        .arg(&settings.default.cert)
+        .arg("--tls-key")
+        .arg(&settings.default.key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = io::BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on wss://")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .parse()
+        .unwrap();
+    let mut err = io::BufReader::new(child.stderr.take().unwrap());
+    let hup = |child: &std::process::Child| {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    };
+    let fresh_ca = tls::Ca::new("after SIGHUP");
+    tls::write_pair(&dir, "server", &fresh_ca.issue(&["localhost", "127.0.0.1"]));
+    hup(&child);
+    let mut log = String::new();
+    err.read_line(&mut log).unwrap();
+    assert!(log.contains("TLS certificates reloaded"), "{log}");
+    tls::connect_tls(addr, tls13(&fresh_ca), "localhost").unwrap();
+    std::fs::write(&settings.default.key, "garbage").unwrap();
+    hup(&child);
+    log.clear();
+    err.read_line(&mut log).unwrap();
+    assert!(log.contains("TLS reload refused"), "{log}");
+    assert!(log.contains("server.key"), "the line names the file: {log}");
+    tls::connect_tls(addr, tls13(&fresh_ca), "localhost").unwrap();
+    drop(ca);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
+}
