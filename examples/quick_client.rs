@@ -9,28 +9,15 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+#[path = "common/upgrade.rs"]
+mod upgrade;
+
 use ringws::proto::frame::{self, OpCode};
-use ringws::proto::handshake;
 
 fn connect(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_nodelay(true).unwrap();
-    let key = handshake::client_key([7; 16]);
-    let mut req = Vec::new();
-    handshake::write_client_request(&mut req, "bench", "/", &key, None);
-    s.write_all(&req).unwrap();
-    let mut got = Vec::new();
-    let mut b = [0u8; 1024];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut b).unwrap();
-        assert!(n > 0, "closed during handshake");
-        got.extend_from_slice(&b[..n]);
-    }
-    assert!(
-        got.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&got)
-    );
+    upgrade::upgrade(&mut s, "bench");
     s
 }
 

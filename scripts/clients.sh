@@ -9,7 +9,14 @@
 #    handshake must agree it, JSON-like and random text and binary from 1 B to 1 MiB are checked byte for
 #    byte, compressible echoes must come back compressed, and a second connection offers
 #    server_max_window_bits=10 (client_max_window_bits=10 too), which the server must honour.
-# 3. Graceful shutdown: 10 clients connected, SIGTERM to the server; each must receive Close 1001 and the
+# 3. Over wss:// (`--tls-cert`/`--tls-key`, a CA and certificate made here with the openssl CLI): Python
+#    `websockets` (python_client.py echo, trusting the CA through SSL_CERT_FILE) and Node `ws`
+#    (node_client.mjs, through NODE_EXTRA_CA_CERTS) run their echo suites unchanged against a wss:// URL,
+#    and headless Chromium (Debian's `chromium`) opens tests/clients/chromium_wss.html, which exchanges text
+#    and binary over wss:// and checks the close code (tests/clients/chromium_wss.py drives it over the
+#    DevTools protocol; the certificate is trusted by its SPKI hash). RINGWS_NO_CHROMIUM=1 skips Chromium
+#    and says so (CI installs it).
+# 4. Graceful shutdown: 10 clients connected, SIGTERM to the server; each must receive Close 1001 and the
 #    server must exit 0 (within 30 s).
 # Installs the pinned client dependencies first when missing (tests/clients/requirements.txt into the venv
 # target/clients-venv, tests/clients/package-lock.json with npm ci). Exits non-zero if any check fails.
@@ -55,6 +62,32 @@ shutdown_check() {
     fi
 }
 
+tls_checks() {
+    local py=$1 certs=$RINGWS_ROOT/target/clients-tls
+    section "echo server over wss:// (a CA made here)"
+    rm -rf "$certs"
+    make_tls_certs "$certs"
+    start_server "$RINGWS_ROOT/target/clients-tls-server.log" -- --mode echo \
+        --tls-cert "$certs/server.crt" --tls-key "$certs/server.key"
+    case "$SERVER_URL" in wss://*) ;; *) die "the TLS server did not say wss:// ($SERVER_URL)" ;; esac
+    run_suite "python websockets over wss://" \
+        env SSL_CERT_FILE="$certs/ca.crt" "$py" "$CLIENTS_DIR/python_client.py" echo "$SERVER_URL"
+    run_suite "node ws over wss://" \
+        env NODE_EXTRA_CA_CERTS="$certs/ca.crt" node "$CLIENTS_DIR/node_client.mjs" "$SERVER_URL"
+    if [ "${RINGWS_NO_CHROMIUM:-0}" = 1 ]; then
+        say "headless chromium over wss://: SKIPPED (RINGWS_NO_CHROMIUM=1)"
+    else
+        command -v chromium > /dev/null || die "chromium is not installed (apt-get install chromium)"
+        run_suite "headless chromium over wss://" \
+            "$py" "$CLIENTS_DIR/chromium_wss.py" "$SERVER_URL" --spki "$TLS_SPKI"
+    fi
+    if ! kill -0 "$SERVER_PID" 2> /dev/null; then
+        sed 's/^/  server| /' "$SERVER_LOG" | tail -n 20
+        failures+=("the TLS server died during the client suites")
+    fi
+    stop_server
+}
+
 main() {
     ensure_client_deps
     ensure_server
@@ -82,6 +115,8 @@ main() {
     run_suite "python websockets, permessage-deflate with client context takeover" \
         "$py" "$CLIENTS_DIR/python_client.py" deflate-takeover "$SERVER_URL"
     stop_server
+
+    tls_checks "$py"
 
     shutdown_check "$py"
 

@@ -65,7 +65,7 @@ start_server() {
         > "$SERVER_LOG" 2>&1 < /dev/null &
     SERVER_PID=$!
     local timeout_s=${RINGWS_START_TIMEOUT_S:-60} waited_ds=0
-    until grep -q "listening on ws://" "$SERVER_LOG" 2>/dev/null; do
+    until grep -q "listening on wss\?://" "$SERVER_LOG" 2>/dev/null; do
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then
             wait "$SERVER_PID" 2>/dev/null && rc=0 || rc=$?
             SERVER_PID=""
@@ -80,6 +80,7 @@ start_server() {
     done
     SERVER_MAIN_PID=$(cat "$pidfile")
     SERVER_URL="ws://127.0.0.1:$SERVER_PORT"
+    if grep -q "listening on wss://" "$SERVER_LOG"; then SERVER_URL="wss://127.0.0.1:$SERVER_PORT"; fi
     say "server up: $(grep -m1 'listening on' "$SERVER_LOG") (pid $SERVER_MAIN_PID)"
 }
 
@@ -134,4 +135,24 @@ client_python() {
     elif [ -x "$CLIENTS_VENV/bin/python" ]; then echo "$CLIENTS_VENV/bin/python"
     else echo python3
     fi
+}
+
+# make_tls_certs DIR: a throw-away CA (DIR/ca.crt) and a server certificate for localhost and 127.0.0.1
+# signed by it (DIR/server.crt, DIR/server.key; P-256, valid 2 days), made with the openssl CLI; prints
+# nothing. TLS_SPKI is set to the base64 SHA-256 of the server key's SubjectPublicKeyInfo (what
+# Chromium's --ignore-certificate-errors-spki-list takes).
+make_tls_certs() {
+    local d=$1
+    mkdir -p "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -keyout "$d/ca.key" -out "$d/ca.crt" -subj "/CN=ringws test CA" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2> /dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$d/server.key" -out "$d/server.csr" -subj "/CN=localhost" 2> /dev/null
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+        "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" > "$d/server.ext"
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+        -extfile "$d/server.ext" -out "$d/server.crt" 2> /dev/null
+    TLS_SPKI=$(openssl x509 -in "$d/server.crt" -pubkey -noout | openssl pkey -pubin -outform der \
+        | openssl dgst -sha256 -binary | base64)
 }

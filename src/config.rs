@@ -4,6 +4,7 @@
 //! facing the Internet should start with; the tests shrink them to make timers fire quickly.
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// Default of [`Config::frame_bytes_max`].
 pub const FRAME_BYTES_MAX_DEFAULT: u64 = 16 * 1024 * 1024;
@@ -25,6 +26,38 @@ pub enum BackpressurePolicy {
     Close,
     /// Drop the message for this connection only and count it; the connection stays open.
     Drop,
+}
+
+/// One certificate chain and its key, named by the files they come from (read at start-up and
+/// again on every reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsCertFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `wss://`: the port then speaks TLS only (1.3 and 1.2, ALPN `http/1.1`, session tickets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The certificate for clients whose SNI names none of `sni` (or that send no SNI).
+    pub default: TlsCertFiles,
+    /// Certificates chosen by the SNI name the client asks for (exact, case-insensitive).
+    pub sni: Vec<(String, TlsCertFiles)>,
+}
+
+impl TlsSettings {
+    /// One certificate for every client.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> TlsSettings {
+        TlsSettings {
+            default: TlsCertFiles {
+                cert: cert.into(),
+                key: key.into(),
+            },
+            sni: Vec::new(),
+        }
+    }
 }
 
 /// All limits and timings of a server.
@@ -105,6 +138,10 @@ pub struct Config {
     /// Topics that keep a history at once. Past it, histories emptied by age go first, then the
     /// one with the oldest latest message; its subscribers are told of a gap when they resume.
     pub history_topics_max: usize,
+    /// Serve `wss://` with these certificates (None: plain `ws://`). SIGHUP reloads them
+    /// (`ringws::run_until_signal`); a file that does not load is refused and the old
+    /// certificates stay.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Default for Config {
@@ -140,6 +177,7 @@ impl Default for Config {
             history_messages_max: 0,
             history_age_max_ms: 0,
             history_topics_max: 100_000,
+            tls: None,
         }
     }
 }

@@ -29,7 +29,7 @@ pub mod server;
 pub mod timer;
 mod topics;
 
-pub use config::{BackpressurePolicy, Config};
+pub use config::{BackpressurePolicy, Config, TlsCertFiles, TlsSettings};
 pub use handler::{
     Backpressure, Conn, ConnId, Handler, Message, OpenDecision, Publisher, Resume, UpgradeRequest,
     WorkerId,

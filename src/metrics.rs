@@ -17,6 +17,13 @@
 //! | `ringws_deflate_connections` | gauge | open connections that agreed to permessage-deflate |
 //! | `ringws_messages_deflated_total` | counter | sent messages that went out compressed (a shared frame counts once per recipient) |
 //! | `ringws_messages_inflated_total` | counter | received messages that arrived compressed |
+//! | `ringws_tls_handshakes_total` | counter | TLS handshakes completed |
+//! | `ringws_tls_resumed_total` | counter | TLS handshakes that resumed a session (ticket) |
+//! | `ringws_tls_errors_total` | counter | connections ended by bad TLS input (alert sent when rustls had one) |
+//! | `ringws_tls_plaintext_http_total` | counter | plaintext HTTP requests on the TLS port (answered 400) |
+//! | `ringws_tls_handshake_timeouts_total` | counter | TLS handshakes unfinished at `handshake_timeout_ms` |
+//! | `ringws_tls_refused_total` | counter | TLS connections closed unanswered past the connection or pending-handshake limit |
+//! | `ringws_tls_close_notify_received_total` | counter | close_notify alerts received |
 //! | `ringws_fixed_files_in_use` | gauge | direct descriptors (fixed-file slots) in use |
 //! | `ringws_slab_slots` | gauge | connection slots in use in the slabs |
 //! | `ringws_workers` | gauge | worker threads |
@@ -55,6 +62,19 @@ pub struct WorkerMetrics {
     pub deflate_connections: AtomicU64,
     pub messages_deflated: AtomicU64,
     pub messages_inflated: AtomicU64,
+    /// TLS handshakes completed, and those of them resumed (session ticket).
+    pub tls_handshakes: AtomicU64,
+    pub tls_resumed: AtomicU64,
+    /// Connections ended by bad TLS input (an alert was sent when rustls had one).
+    pub tls_errors: AtomicU64,
+    /// Plaintext HTTP requests on the TLS port (answered 400, closed).
+    pub tls_plaintext_http: AtomicU64,
+    /// TLS handshakes not finished within `handshake_timeout_ms`.
+    pub tls_handshake_timeouts: AtomicU64,
+    /// TLS connections refused past a limit (closed without a handshake: no 503 can be sent).
+    pub tls_refused: AtomicU64,
+    /// close_notify alerts received.
+    pub tls_close_notify_received: AtomicU64,
 }
 
 /// Adds `n` to a counter. Every counter of a `WorkerMetrics` has one writer, its worker, so a
@@ -154,7 +174,42 @@ impl Metrics {
             "closing",
             sum(ws, |w| &w.closing),
         );
-        let counters: [(&str, &str, u64); 10] = [
+        let counters: [(&str, &str, u64); 17] = [
+            (
+                "ringws_tls_handshakes_total",
+                "TLS handshakes completed.",
+                sum(ws, |w| &w.tls_handshakes),
+            ),
+            (
+                "ringws_tls_resumed_total",
+                "TLS handshakes that resumed a session.",
+                sum(ws, |w| &w.tls_resumed),
+            ),
+            (
+                "ringws_tls_errors_total",
+                "Connections ended by bad TLS input.",
+                sum(ws, |w| &w.tls_errors),
+            ),
+            (
+                "ringws_tls_plaintext_http_total",
+                "Plaintext HTTP requests on the TLS port.",
+                sum(ws, |w| &w.tls_plaintext_http),
+            ),
+            (
+                "ringws_tls_handshake_timeouts_total",
+                "TLS handshakes unfinished at the handshake timeout.",
+                sum(ws, |w| &w.tls_handshake_timeouts),
+            ),
+            (
+                "ringws_tls_refused_total",
+                "TLS connections closed unanswered past a limit.",
+                sum(ws, |w| &w.tls_refused),
+            ),
+            (
+                "ringws_tls_close_notify_received_total",
+                "close_notify alerts received.",
+                sum(ws, |w| &w.tls_close_notify_received),
+            ),
             (
                 "ringws_messages_deflated_total",
                 "Data messages sent compressed (permessage-deflate).",

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::handler::{Handler, Mailbox, Publisher, WorkerId};
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::runtime::sys;
+use crate::runtime::tls::{TlsLoadError, TlsShared};
 use crate::runtime::worker::{self, SPARE_FIXED_FILES, WorkerSetup};
 use crate::topics::HistoryStore;
 
@@ -20,6 +21,7 @@ pub struct ServerHandle {
     publisher: Publisher,
     metrics: Arc<Metrics>,
     threads: Vec<JoinHandle<io::Result<()>>>,
+    tls: Option<Arc<TlsShared>>,
 }
 
 impl ServerHandle {
@@ -36,6 +38,16 @@ impl ServerHandle {
     /// The counters of every worker.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// `wss://`: reads the certificate and key files again. New handshakes use them; live
+    /// connections keep theirs. On error (a file missing, unparsable, or a key that does not
+    /// match its certificate) the certificates in use stay, and the error says which file.
+    pub fn reload_tls(&self) -> Result<(), TlsLoadError> {
+        match &self.tls {
+            Some(t) => t.reload(),
+            None => Err(TlsLoadError("this server does not speak TLS".into())),
+        }
     }
 
     /// Starts the graceful shutdown (Close 1001 to everyone, at most the close timeout).
@@ -100,6 +112,12 @@ where
         workers: per_worker.clone(),
     });
     let cfg = Arc::new(config);
+    let tls = match cfg.tls {
+        Some(_) => Some(Arc::new(TlsShared::new(cfg.clone()).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("TLS: {e}"))
+        })?)),
+        None => None,
+    };
     let factory = Arc::new(factory);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let (tx, rx) = mpsc::channel();
@@ -112,6 +130,7 @@ where
             publisher: publisher.clone(),
             metrics: per_worker[i].clone(),
             all_metrics: metrics.clone(),
+            tls: tls.clone(),
         };
         let core = (cfg.pin_workers && !cores.is_empty()).then(|| cores[i % cores.len()]);
         let (factory, tx) = (factory.clone(), tx.clone());
@@ -130,6 +149,7 @@ where
         publisher,
         metrics,
         threads,
+        tls,
     };
     for _ in 0..cfg.workers {
         let res = rx
@@ -144,8 +164,9 @@ where
     Ok(handle)
 }
 
-/// Runs a server until SIGINT or SIGTERM, then shuts it down gracefully. `on_ready` is called
-/// with the address once every worker accepts (the binary prints it).
+/// Runs a server until SIGINT or SIGTERM, then shuts it down gracefully; SIGHUP reloads the
+/// TLS certificates (a refused file is logged on stderr and the old certificates stay).
+/// `on_ready` is called with the address once every worker accepts (the binary prints it).
 pub fn run_until_signal<H, F>(
     addr: SocketAddr,
     config: Config,
@@ -160,7 +181,12 @@ where
     sys::block_shutdown_signals()?;
     let handle = start(addr, config, factory)?;
     on_ready(handle.local_addr());
-    sys::wait_signal()?;
+    while sys::wait_signal()? == libc::SIGHUP {
+        match handle.reload_tls() {
+            Ok(()) => eprintln!("ringws: SIGHUP: TLS certificates reloaded"),
+            Err(e) => eprintln!("ringws: SIGHUP: TLS reload refused, keeping the old: {e}"),
+        }
+    }
     handle.shutdown();
     handle.join()
 }

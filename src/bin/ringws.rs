@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
 use ringws::modes::{Broadcast, Echo, PubSub};
-use ringws::{BackpressurePolicy, Config};
+use ringws::{BackpressurePolicy, Config, TlsCertFiles, TlsSettings};
 
 const USAGE: &str = "usage: ringws serve [options]
 
@@ -35,7 +35,11 @@ const USAGE: &str = "usage: ringws serve [options]
   --recv-buffer-bytes N           size of one receive buffer
   --history N                     keep the last N messages per topic for `psub` resume (default 0: off)
   --history-ttl-s S               and drop history older than S seconds (default 0: no age limit)
-  --history-topics-max N          topics that keep a history at once (default 100000)";
+  --history-topics-max N          topics that keep a history at once (default 100000)
+  --tls-cert FILE                 serve wss:// only, with this PEM certificate chain
+  --tls-key FILE                  the PEM private key of --tls-cert
+  --tls-sni NAME=CERT,KEY         another certificate, for clients asking for NAME (repeatable)
+                                  SIGHUP reloads every certificate and key file";
 
 #[derive(Clone, Copy)]
 enum Mode {
@@ -45,6 +49,9 @@ enum Mode {
 }
 
 struct Args {
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    tls_sni: Vec<(String, TlsCertFiles)>,
     addr: IpAddr,
     port: u16,
     mode: Mode,
@@ -63,6 +70,9 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         Some(other) => return Err(format!("unknown command: {other}")),
     }
     let mut a = Args {
+        tls_cert: None,
+        tls_key: None,
+        tls_sni: Vec::new(),
         addr: IpAddr::from([127, 0, 0, 1]),
         port: 9001,
         mode: Mode::Echo,
@@ -119,9 +129,34 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 c.history_age_max_ms = s.saturating_mul(1000);
             }
             "--history-topics-max" => c.history_topics_max = num(&flag, it.next())?,
+            "--tls-cert" => a.tls_cert = Some(it.next().ok_or("--tls-cert needs a file")?),
+            "--tls-key" => a.tls_key = Some(it.next().ok_or("--tls-key needs a file")?),
+            "--tls-sni" => {
+                let v = it.next().ok_or("--tls-sni needs NAME=CERT,KEY")?;
+                let parsed = v
+                    .split_once('=')
+                    .and_then(|(n, files)| Some((n, files.split_once(',')?)));
+                let Some((name, (cert, key))) = parsed else {
+                    return Err(format!("--tls-sni: NAME=CERT,KEY, not {v:?}"));
+                };
+                let files = TlsCertFiles {
+                    cert: cert.into(),
+                    key: key.into(),
+                };
+                a.tls_sni.push((name.to_string(), files));
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option: {other}")),
         }
+    }
+    match (a.tls_cert.take(), a.tls_key.take()) {
+        (Some(cert), Some(key)) => {
+            let mut tls = TlsSettings::new(cert, key);
+            tls.sni = std::mem::take(&mut a.tls_sni);
+            a.config.tls = Some(tls);
+        }
+        (None, None) if a.tls_sni.is_empty() => {}
+        _ => return Err("--tls-cert and --tls-key go together (and --tls-sni needs them)".into()),
     }
     Ok(a)
 }
@@ -138,8 +173,13 @@ fn main() -> ExitCode {
         }
     };
     let addr = SocketAddr::new(args.addr, args.port);
+    let scheme = if args.config.tls.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
     let ready = |addr: SocketAddr| {
-        println!("listening on ws://{addr}");
+        println!("listening on {scheme}://{addr}");
         let _ = std::io::stdout().flush();
     };
     let res = match args.mode {

@@ -296,15 +296,84 @@ impl Batch {
             mem[at..at + p.len()].copy_from_slice(p);
             at += p.len();
         }
-        self.chunk_len = at;
-        self.bytes += n;
+        debug_assert_eq!(at - start, n);
+        self.note_fixed(start, at);
+    }
+
+    /// The bytes of one of this batch's segments.
+    fn seg_bytes<'a>(&'a self, seg: &'a Seg) -> &'a [u8] {
+        match seg {
+            Seg::Fixed { start, end } => {
+                let c = self.chunk.expect("a fixed segment has its chunk");
+                // SAFETY: `start..end` was written by `push_fixed` (or `push_sealed`) inside
+                // the chunk, which this batch owns; it is only read here and by the kernel.
+                unsafe { std::slice::from_raw_parts(c.ptr.as_ptr().add(*start), end - start) }
+            }
+            Seg::Own { start, end } => &self.own[*start..*end],
+            Seg::Shared(b) => b,
+        }
+    }
+
+    /// Encrypts `plain` with `seal` into the registered chunk while records fit there, the
+    /// rest into the heap vector.
+    fn push_sealed(&mut self, mut plain: &[u8], seal: &mut Seal<'_>) -> Result<(), SealError> {
+        while !plain.is_empty() {
+            let room = self
+                .chunk
+                .map_or(0, |c| (c.cap as usize).saturating_sub(self.chunk_len));
+            if room > SEAL_OVERHEAD_BYTES_MAX {
+                let c = self.chunk.expect("room implies a chunk");
+                let take = plain.len().min(room - SEAL_OVERHEAD_BYTES_MAX);
+                let start = self.chunk_len;
+                // SAFETY: the chunk is owned by this batch alone and the batch is not in flight
+                // (sealing fills the idle batch); `start + room <= cap`.
+                let mem =
+                    unsafe { std::slice::from_raw_parts_mut(c.ptr.as_ptr().add(start), room) };
+                match seal(&plain[..take], mem) {
+                    Ok(n) => {
+                        self.note_fixed(start, start + n);
+                        plain = &plain[take..];
+                        continue;
+                    }
+                    Err(SealError::TooSmall(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let start = self.own.len();
+            let mut room = plain.len() + SEAL_OVERHEAD_BYTES_MAX * (plain.len() / 16_384 + 1);
+            loop {
+                self.own.resize(start + room, 0);
+                match seal(plain, &mut self.own[start..]) {
+                    Ok(n) => {
+                        self.own.truncate(start + n);
+                        break;
+                    }
+                    Err(SealError::TooSmall(need)) if need > room => room = need,
+                    Err(e) => {
+                        self.own.truncate(start);
+                        return Err(e);
+                    }
+                }
+            }
+            let end = self.own.len();
+            self.bytes += end - start;
+            self.segs.push(Seg::Own { start, end });
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// Records `start..end` of the chunk as written.
+    fn note_fixed(&mut self, start: usize, end: usize) {
+        self.chunk_len = end;
+        self.bytes += end - start;
         if let Some(Seg::Fixed { end: last, .. }) = self.segs.last_mut()
             && *last == start
         {
-            *last = at;
+            *last = end;
             return;
         }
-        self.segs.push(Seg::Fixed { start, end: at });
+        self.segs.push(Seg::Fixed { start, end });
     }
 
     fn push_shared(&mut self, frame: Bytes) {
@@ -319,6 +388,23 @@ impl Batch {
         self.bytes = 0;
     }
 }
+
+/// Bound on what TLS adds to one record (header, nonce, tag, content type and some padding
+/// room): a record of plaintext up to the room left in a chunk less this always fits.
+const SEAL_OVERHEAD_BYTES_MAX: usize = 64;
+
+/// Why encrypting a batch failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealError {
+    /// The output needs this many bytes.
+    TooSmall(usize),
+    /// The TLS connection cannot encrypt (not ready, or broken).
+    Failed,
+}
+
+/// Encrypts plaintext into an output buffer, returning the bytes written (TLS: one or more
+/// records).
+pub type Seal<'a> = dyn FnMut(&[u8], &mut [u8]) -> Result<usize, SealError> + 'a;
 
 /// What the worker must submit for a connection's next send.
 pub enum SendOp {
@@ -400,18 +486,49 @@ impl SendQueue {
             return None;
         }
         mem::swap(&mut self.inflight, &mut self.queued);
+        Some(self.arm())
+    }
+
+    /// Starts sending through TLS: `prefix` (records already framed, e.g. handshake messages
+    /// and alerts) and then the queued plaintext, each segment encrypted by `seal` into the
+    /// idle batch's registered chunk while it fits (else its heap vector). The plaintext batch
+    /// is then cleared, keeping its chunk for the next frames. `Ok(None)` if a send is in
+    /// flight or there is nothing to send. On a seal error nothing is sent and the plaintext
+    /// is dropped.
+    pub fn start_sealed(
+        &mut self,
+        prefix: &[u8],
+        seal: &mut Seal<'_>,
+    ) -> Result<Option<SendOp>, SealError> {
+        if self.in_flight || (self.queued.segs.is_empty() && prefix.is_empty()) {
+            return Ok(None);
+        }
+        let out = &mut self.inflight;
+        out.clear();
+        if !prefix.is_empty() {
+            out.push_own(&[prefix]);
+        }
+        let mut result = Ok(());
+        for seg in &self.queued.segs {
+            let plain = self.queued.seg_bytes(seg);
+            if let Err(e) = out.push_sealed(plain, seal) {
+                result = Err(e);
+                break;
+            }
+        }
+        self.queued.clear();
+        if let Err(e) = result {
+            self.inflight.clear();
+            return Err(e);
+        }
+        Ok(Some(self.arm()))
+    }
+
+    /// Makes the `inflight` batch the send in flight.
+    fn arm(&mut self) -> SendOp {
         self.iov.clear();
         for seg in &self.inflight.segs {
-            let s: &[u8] = match seg {
-                Seg::Fixed { start, end } => {
-                    let c = self.inflight.chunk.expect("a fixed segment has its chunk");
-                    // SAFETY: `start..end` was written by `push_fixed` inside the chunk, which
-                    // this batch owns; it is only read here and by the kernel.
-                    unsafe { std::slice::from_raw_parts(c.ptr.as_ptr().add(*start), end - start) }
-                }
-                Seg::Own { start, end } => &self.inflight.own[*start..*end],
-                Seg::Shared(b) => b,
-            };
+            let s = self.inflight.seg_bytes(seg);
             if !s.is_empty() {
                 self.iov.push(libc::iovec {
                     iov_base: s.as_ptr() as *mut _,
@@ -422,7 +539,7 @@ impl SendQueue {
         self.iov_pos = 0;
         self.inflight_left = self.inflight.bytes;
         self.in_flight = true;
-        Some(self.op())
+        self.op()
     }
 
     /// The same send as a msghdr (for a zero-copy sendmsg).
@@ -667,5 +784,64 @@ mod tests {
         assert!(matches!(op, SendOp::Buf(_, 2)));
         assert!(q.complete(2).is_none());
         assert!(q.is_empty());
+    }
+
+    /// A stand-in cipher: each record is a 4-byte length, the bytes XORed with 0x55, and a
+    /// 4-byte tag; `open` is its reference decoder.
+    fn fake_seal(plain: &[u8], out: &mut [u8]) -> Result<usize, SealError> {
+        let need = plain.len() + 8;
+        if out.len() < need {
+            return Err(SealError::TooSmall(need));
+        }
+        out[..4].copy_from_slice(&(plain.len() as u32).to_be_bytes());
+        for (o, p) in out[4..].iter_mut().zip(plain) {
+            *o = p ^ 0x55;
+        }
+        out[4 + plain.len()..need].copy_from_slice(b"TAG!");
+        Ok(need)
+    }
+
+    fn open(mut wire: &[u8]) -> Vec<u8> {
+        let mut plain = Vec::new();
+        while !wire.is_empty() {
+            let n = u32::from_be_bytes(wire[..4].try_into().unwrap()) as usize;
+            plain.extend(wire[4..4 + n].iter().map(|b| b ^ 0x55));
+            assert_eq!(&wire[4 + n..8 + n], b"TAG!");
+            wire = &wire[8 + n..];
+        }
+        plain
+    }
+
+    #[test]
+    fn sealed_batches_carry_the_prefix_then_every_queued_byte() {
+        let (mut a, mut b) = (vec![0u8; 4096], vec![0u8; 4096]);
+        for sizes in [&[10usize][..], &[3000, 3000], &[5000], &[1, 4100, 7, 9000]] {
+            let mut q = SendQueue::default();
+            q.inflight.chunk = chunk_of(&mut a, 1);
+            q.queued.chunk = chunk_of(&mut b, 2);
+            let mut expect = Vec::new();
+            for (i, &n) in sizes.iter().enumerate() {
+                let part: Vec<u8> = (0..n).map(|j| (i * 7 + j) as u8).collect();
+                if i % 2 == 0 {
+                    q.push_own(&[&part]);
+                } else {
+                    q.push_shared(Bytes::from(part.clone()));
+                }
+                expect.extend_from_slice(&part);
+            }
+            let op = q.start_sealed(b"PREFIX", &mut fake_seal).unwrap().unwrap();
+            let wire = bytes_of(&op);
+            assert_eq!(&wire[..6], b"PREFIX");
+            assert_eq!(open(&wire[6..]), expect, "sizes {sizes:?}");
+            if sizes == [10] {
+                assert!(
+                    matches!(op, SendOp::Fixed(_, 24, 1)),
+                    "one run in the idle chunk"
+                );
+            }
+            assert!(q.start_sealed(b"", &mut fake_seal).unwrap().is_none());
+            assert!(q.complete(wire.len()).is_none());
+            assert!(q.is_empty());
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! - [`ring`]: ring setup, ops → SQEs, completions → named events, the `user_data` layout.
 //! - [`buffers`]: the provided-buffer ring for receives and the pooled send queues.
 //! - [`slots`]: the slab of connections, their phases and flags.
+//! - [`tls`]: server-side TLS on rustls's unbuffered API (decrypt and encrypt glue).
 //! - `worker`: the event loop of one worker thread.
 
 pub mod buffers;
@@ -11,4 +12,5 @@ pub mod client;
 pub mod ring;
 pub mod slots;
 pub mod sys;
+pub mod tls;
 pub(crate) mod worker;

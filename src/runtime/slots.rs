@@ -14,6 +14,7 @@ use slab::Slab;
 
 use super::buffers::SendQueue;
 use super::ring::{GENERATION_MASK, Key};
+use super::tls::TlsConn;
 use crate::proto::connection::Connection;
 use crate::timer::TimerId;
 
@@ -93,6 +94,8 @@ pub struct ConnState {
     pub spill: Option<Box<Vec<u8>>>,
     /// Topics this connection is subscribed to, only if any.
     pub topics: Option<Box<Vec<Box<str>>>>,
+    /// The transport: `None` for plain `ws://`, the TLS state for `wss://` (8 bytes either way).
+    pub tls: Option<Box<TlsConn>>,
 }
 
 impl ConnState {
@@ -164,6 +167,7 @@ impl Slots {
             send: None,
             spill: None,
             topics: None,
+            tls: None,
         };
         let index = self.slab.insert(Slot { core, st });
         assert!(index < 1 << 24, "slot index beyond the 24 bits of a ConnId");

@@ -176,7 +176,7 @@ pub fn ensure_nofile(needed: u64) -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
-/// The signal set {SIGINT, SIGTERM}.
+/// The signal set {SIGINT, SIGTERM, SIGHUP} (SIGHUP: reload the TLS certificates).
 pub fn shutdown_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain old data; sigemptyset initialises it right after.
     let mut set: libc::sigset_t = unsafe { mem::zeroed() };
@@ -184,6 +184,7 @@ pub fn shutdown_signals() -> libc::sigset_t {
     let _ = syscall!(sigemptyset(&mut set));
     let _ = syscall!(sigaddset(&mut set, libc::SIGINT));
     let _ = syscall!(sigaddset(&mut set, libc::SIGTERM));
+    let _ = syscall!(sigaddset(&mut set, libc::SIGHUP));
     set
 }
 
@@ -198,7 +199,7 @@ pub fn ignore_sigpipe() -> io::Result<()> {
     Ok(())
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread (threads spawned later inherit the mask), so
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (threads spawned later inherit the mask), so
 /// that only the thread waiting in [`wait_signal`] receives them.
 pub fn block_shutdown_signals() -> io::Result<()> {
     let set = shutdown_signals();
@@ -211,7 +212,7 @@ pub fn block_shutdown_signals() -> io::Result<()> {
     }
 }
 
-/// Waits for SIGINT or SIGTERM (which must be blocked) and returns its number.
+/// Waits for SIGINT, SIGTERM or SIGHUP (which must be blocked) and returns its number.
 pub fn wait_signal() -> io::Result<libc::c_int> {
     let set = shutdown_signals();
     let mut sig: libc::c_int = 0;

@@ -21,6 +21,7 @@ use super::buffers::{RecvPool, SendArena, SendOp, SendPool, SendQueue};
 use super::ring::{Accepted, Completion, Event, Key, Op, Received, Ring, Sent};
 use super::slots::{ConnState, Phase, Slot, Slots, TimerKind, flag};
 use super::sys;
+use super::tls::{TlsConn, TlsFailure, TlsShared, WorkerTls};
 use crate::config::{BackpressurePolicy, Config};
 use crate::handler::{
     Backpressure, Conn, ConnId, ConnOps, Frame, Handler, Mail, Message, OpenDecision, Publisher,
@@ -61,6 +62,8 @@ pub(crate) struct WorkerSetup {
     pub publisher: Publisher,
     pub metrics: Arc<WorkerMetrics>,
     pub all_metrics: Arc<Metrics>,
+    /// `wss://`: the server's TLS configuration.
+    pub tls: Option<Arc<TlsShared>>,
 }
 
 /// Work found during a turn and run before the turn ends.
@@ -99,6 +102,8 @@ struct Shared {
     deflate_out: Vec<u8>,
     deflate_level: u8,
     deflate_bytes_min: usize,
+    /// TLS: the plaintext of one receive buffer, parsed in place by the core (reused).
+    tls_plain: Vec<u8>,
 }
 
 impl Shared {
@@ -514,6 +519,8 @@ struct Engine<H> {
     dirty: Vec<Key>,
     fired: Vec<(crate::timer::TimerId, u64)>,
     mask_seed: u64,
+    /// `wss://`: every accepted connection gets a TLS state from here.
+    tls: Option<WorkerTls>,
 }
 
 fn token(key: Key) -> u64 {
@@ -627,7 +634,13 @@ impl<H: Handler> Engine<H> {
                 self.arm(key, TimerKind::Idle, due)
             }
             // Handshake deadline, silent peer after a ping, unanswered Close, stuck TCP end.
-            _ => self.force_close(key),
+            _ => {
+                let tls_unfinished = slot.st.tls.as_ref().is_some_and(|t| !t.handshake_done());
+                if phase == Phase::Handshaking && tls_unfinished {
+                    add(&self.sh.metrics.tls_handshake_timeouts, 1);
+                }
+                self.force_close(key)
+            }
         }
     }
 
@@ -680,10 +693,13 @@ impl<H: Handler> Engine<H> {
         self.handshaking += 1;
         let core = Connection::new(Role::Server, self.limits, self.next_seed());
         let key = self.slots.insert(fd, core, self.now_ms);
+        let tls = self.tls.as_mut().map(|t| t.accept());
         let Some(slot) = self.slots.get(key) else {
             return;
         };
         let st = &mut slot.st;
+        let tls_broken = matches!(tls, Some(Err(_)));
+        st.tls = tls.and_then(Result::ok);
         self.sh.submit(st, Op::NoDelay { key, fd });
         self.sh.submit(
             st,
@@ -696,8 +712,12 @@ impl<H: Handler> Engine<H> {
         st.set(flag::RECV_ARMED);
         let over_limit = self.slots.len() > self.cfg.connections_per_worker_max as usize
             || self.handshaking > self.cfg.handshakes_pending_per_worker_max;
-        if self.stop_at_ms.is_some() {
+        if self.stop_at_ms.is_some() || tls_broken {
             self.force_close(key);
+        } else if over_limit && self.tls.is_some() {
+            // No 503 can be written before a TLS handshake: the connection is closed unanswered.
+            add(&self.sh.metrics.tls_refused, 1);
+            self.end_tcp(key);
         } else if over_limit {
             self.http_answer(key, 503, b"server busy, try again later");
         } else {
@@ -727,11 +747,83 @@ impl<H: Handler> Engine<H> {
         };
         slot.st.last_recv_ms = self.now_ms;
         slot.st.clear(flag::AWAIT_PONG);
+        if slot.st.tls.is_some() {
+            return self.on_tls_bytes(key, buf);
+        }
+        self.on_plain_bytes(key, buf);
+    }
+
+    /// Bytes of the WebSocket layer (a plain receive buffer, or decrypted TLS records).
+    fn on_plain_bytes(&mut self, key: Key, buf: &mut [u8]) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         match slot.st.phase {
             Phase::Handshaking => self.on_handshake_bytes(key, buf),
             Phase::Open => self.on_frame_bytes(key, buf),
             // Lingering after our side ended: input is read and discarded until EOF.
             Phase::Closing | Phase::Closed => {}
+        }
+    }
+
+    /// TLS records: decrypted (see `tls.rs`), their plaintext parsed as a receive buffer.
+    fn on_tls_bytes(&mut self, key: Key, buf: &mut [u8]) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let Some(tls) = slot.st.tls.as_mut() else {
+            return;
+        };
+        let mut plain = std::mem::take(&mut self.sh.tls_plain);
+        plain.clear();
+        let res = tls.receive(buf, &mut plain);
+        let done = tls.take_handshake_done();
+        let peer_closed = tls.peer_closed();
+        if tls.has_pending() {
+            let pool = &mut self.sh.pool;
+            slot.st.send.get_or_insert_with(|| pool.take());
+            self.sh.touch(key, &mut slot.st);
+        }
+        let m = &self.sh.metrics;
+        if let Some(resumed) = done {
+            add(&m.tls_handshakes, 1);
+            if resumed {
+                add(&m.tls_resumed, 1);
+            }
+        }
+        match res {
+            Ok(()) => {
+                if !plain.is_empty() {
+                    self.on_plain_bytes(key, &mut plain);
+                }
+                if peer_closed {
+                    add(&self.sh.metrics.tls_close_notify_received, 1);
+                    self.on_close_notify(key);
+                }
+            }
+            Err(f) => {
+                match f {
+                    TlsFailure::PlaintextHttp => add(&m.tls_plaintext_http, 1),
+                    TlsFailure::Protocol(_) | TlsFailure::SpillFull => add(&m.tls_errors, 1),
+                }
+                self.end_tcp(key);
+            }
+        }
+        if plain.capacity() > GATHER_KEPT_BYTES_MAX {
+            plain = Vec::new();
+        }
+        self.sh.tls_plain = plain;
+    }
+
+    /// The peer's close_notify: its input is over (the WebSocket ends as on a TCP end); ours
+    /// goes out before our TCP write side is shut.
+    fn on_close_notify(&mut self, key: Key) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        if matches!(slot.st.phase, Phase::Handshaking | Phase::Open) {
+            slot.core.transport_closed();
+            self.end_tcp(key);
         }
     }
 
@@ -1037,6 +1129,17 @@ impl<H: Handler> Engine<H> {
         if st.has(flag::SEND_DEAD) && st.has(flag::PEER_DONE) && !st.has(flag::SHUT_SENT) {
             return self.submit_close(key);
         }
+        if !st.has(flag::SHUT_SENT)
+            && !st.has(flag::SEND_DEAD)
+            && let Some(t) = st.tls.as_mut()
+            && t.queue_close_notify()
+        {
+            // TLS ends with our close_notify, then the TCP write side.
+            let pool = &mut self.sh.pool;
+            st.send.get_or_insert_with(|| pool.take());
+            self.sh.touch(key, st);
+            return;
+        }
         if !st.has(flag::SHUT_SENT) {
             st.set(flag::SHUT_SENT);
             let fd = st.fd;
@@ -1211,9 +1314,14 @@ impl<H: Handler> Engine<H> {
         let st = &mut slot.st;
         let (dead, fd) = (st.has(flag::SEND_DEAD), st.fd);
         let Some(q) = st.send.as_mut() else { return };
+        let next = match st.tls.as_mut() {
+            _ if dead => None,
+            Some(t) => start_sealed(q, t),
+            None => q.start(),
+        };
         if dead {
             q.discard_queued();
-        } else if let Some(op) = q.start() {
+        } else if let Some(op) = next {
             add(&self.sh.metrics.sends, 1);
             let op = send_op(key, fd, op, q, self.sh.zc_bytes_min);
             if matches!(op, Op::SendFixed { .. }) {
@@ -1429,6 +1537,23 @@ impl<H: Handler> Engine<H> {
     }
 }
 
+/// Starts a TLS connection's next send: what rustls encoded, then the queued frames encrypted
+/// into the batch. Frames that cannot be encrypted (the connection failed) are dropped.
+fn start_sealed(q: &mut SendQueue, t: &mut TlsConn) -> Option<SendOp> {
+    if q.in_flight() {
+        return None;
+    }
+    if !t.prepare_seal() {
+        q.discard_queued();
+    }
+    let pending = t.take_pending();
+    q.start_sealed(&pending, &mut |plain, out| t.seal(plain, out))
+        .unwrap_or_else(|_| {
+            q.discard_queued();
+            None
+        })
+}
+
 /// The op for the next send of a queue (zero-copy for large batches when enabled).
 /// The positioned subscribers of `topic` that have not had `at` yet (it is past the latest
 /// position each was given, or of a newer epoch), into `due`; each is now at `at`.
@@ -1529,6 +1654,7 @@ impl<H: Handler> Worker<H> {
             deflate_out: Vec::new(),
             deflate_level: cfg.deflate_level,
             deflate_bytes_min: cfg.deflate_compress_bytes_min,
+            tls_plain: Vec::new(),
         };
         let eng = Engine {
             limits: Limits::from_config(&cfg),
@@ -1548,6 +1674,7 @@ impl<H: Handler> Worker<H> {
             dirty: Vec::new(),
             fired: Vec::new(),
             mask_seed: now_ms | 1,
+            tls: setup.tls.map(WorkerTls::new),
         };
         let wake_buf = Box::leak(Box::new(0u64));
         Ok(Worker {

@@ -28,10 +28,11 @@ pub enum Event {
     Close(u16, String),
 }
 
+/// A client-side sink: the events received, and the frames the core asks to send.
 #[derive(Default)]
-struct Collect {
-    events: VecDeque<Event>,
-    out: Vec<u8>,
+pub struct Collect {
+    pub events: VecDeque<Event>,
+    pub out: Vec<u8>,
 }
 
 impl Sink for Collect {
