@@ -11,4 +11,5 @@ pub mod client;
 pub mod ring;
 pub mod slots;
 pub mod sys;
+pub mod tls_client;
 pub(crate) mod worker;
