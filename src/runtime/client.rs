@@ -555,6 +555,8 @@ struct Worker {
     packer: Packer,
     /// `wss://`: where each record's plaintext is copied to be parsed (see `tls_client`).
     scratch: Vec<u8>,
+    /// `wss://` `handshakes`: each connection's own client configuration and session cache.
+    tls_configs: Vec<Option<Arc<rustls::ClientConfig>>>,
     random: Random,
     cqes: Vec<(u64, i32, u32)>,
     local: Local,
@@ -665,6 +667,7 @@ impl Worker {
             lend: Lend::default(),
             packer: Packer::default(),
             scratch: Vec::new(),
+            tls_configs: vec![None; slots as usize],
             random,
             cqes: Vec::with_capacity(cq as usize),
             local: Local::default(),
@@ -1052,7 +1055,13 @@ impl Worker {
         }
         if let Some(target) = &self.plan.tls {
             // The ClientHello goes first; the request waits in `pending` for the handshake.
-            match TlsSession::new(target) {
+            let config = match self.plan.scenario {
+                Scenario::Handshakes => self.tls_configs[i as usize]
+                    .get_or_insert_with(|| target.with_own_cache())
+                    .clone(),
+                _ => target.config.clone(),
+            };
+            match TlsSession::new(config, target) {
                 Ok(tls) => c.tls = Some(tls),
                 Err(e) => return self.fail_tls(i, &e),
             }

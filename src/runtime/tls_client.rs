@@ -45,6 +45,8 @@ const ENCODE_GUESS_BYTES: usize = 512;
 pub struct TlsTarget {
     pub config: Arc<ClientConfig>,
     pub server_name: ServerName<'static>,
+    /// Sessions are cached and resumed.
+    pub resume: bool,
 }
 
 impl fmt::Debug for TlsTarget {
@@ -112,7 +114,23 @@ pub fn target(host: &str, trust: Trust<'_>, sessions: usize) -> Result<TlsTarget
     Ok(TlsTarget {
         config: Arc::new(config),
         server_name,
+        resume: sessions > 0,
     })
+}
+
+impl TlsTarget {
+    /// The shared configuration with a session cache of its own (`handshakes`: rustls keeps at
+    /// most 8 TLS 1.3 tickets per server name, and each is used once, so connections that share
+    /// one cache run out of tickets and fall back to full handshakes; a client of its own keeps
+    /// its tickets, as a real browser would).
+    pub fn with_own_cache(&self) -> Arc<ClientConfig> {
+        if !self.resume {
+            return self.config.clone();
+        }
+        let mut config = (*self.config).clone();
+        config.resumption = Resumption::in_memory_sessions(4);
+        Arc::new(config)
+    }
 }
 
 /// `--tls-insecure`: accepts any certificate, but checks that the server holds its key.
@@ -177,9 +195,11 @@ pub struct TlsSession {
 
 impl TlsSession {
     /// Starts a session: the ClientHello is in `out` when this returns.
-    pub fn new(target: &TlsTarget) -> Result<Box<TlsSession>, rustls::Error> {
-        let conn =
-            UnbufferedClientConnection::new(target.config.clone(), target.server_name.clone())?;
+    pub fn new(
+        config: Arc<ClientConfig>,
+        target: &TlsTarget,
+    ) -> Result<Box<TlsSession>, rustls::Error> {
+        let conn = UnbufferedClientConnection::new(config, target.server_name.clone())?;
         let mut s = Box::new(TlsSession {
             conn,
             spill: Vec::new(),
