@@ -8,8 +8,8 @@
 #   SCENARIO=fanout CONNS=1000000 BROADCASTS=10 scripts/loadtest.sh   # the million (see docs/TUNING.md)
 #
 # Environment (or --name value flags, same names in lower case: --conns 1000):
-#   SCENARIO    all | echo | fanout | connect | idle      [all = echo then fanout]
-#   CONNS       connections (fanout: subscribers)         [echo 100, others 10000]
+#   SCENARIO    all | echo | fanout | connect | idle | handshakes   [all = echo then fanout]
+#   CONNS       connections (fanout: subscribers)  [echo, handshakes 100; others 10000]
 #   SIZE        payload bytes                             [echo 512, fanout 64]
 #   DURATION    seconds of each measured phase            [10]
 #   WORKERS     server workers                            [max(ceil(CONNS / 19000), cores)]
@@ -24,6 +24,9 @@
 #   SERVER_ARGS extra flags for `ringws serve` (e.g. --no-deflate)
 #   DEFLATE=1   every connection offers permessage-deflate (`ringws-load --deflate`; flag form:
 #               --deflate); JSON-like payloads, echo sends compressed      [off]
+#   TLS=1       over wss://: a self-signed certificate for 127.0.0.1/localhost is made in
+#               $OUT/tls/ (openssl), the server gets --tls-cert/--tls-key, the load generator
+#               trusts that certificate (--tls-ca; flag form: --tls)               [off]
 #   NO_BUILD=1  skip `cargo build --release`
 #   NETNS=1     run server and load generator in a fresh network namespace (root; its loopback,
 #               and a larger TCP hash table if net.ipv4.tcp_child_ehash_entries was raised first)
@@ -34,8 +37,9 @@ ROOT=$(pwd)
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        -h|--help|help) sed -n '2,29p' "$0"; exit 0 ;;
+        -h|--help|help) sed -n '2,32p' "$0"; exit 0 ;;
         --deflate) k=--deflate; v=1; shift ;;
+        --tls) k=--tls; v=1; shift ;;
         --*=*) k=${1%%=*}; v=${1#*=}; shift ;;
         --*) k=$1; v=${2:?"$1 needs a value"}; shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -122,6 +126,23 @@ check_limits() {
     return 0
 }
 
+# --- TLS ---------------------------------------------------------------------------------------
+# A self-signed certificate (CA:FALSE, so that it can be trusted as itself with --tls-ca) made with
+# Debian's openssl CLI: no build step, and the script stays independent of the crates under test.
+TLS_DIR=""
+make_certificate() {
+    TLS_DIR=$OUT/tls
+    mkdir -p "$TLS_DIR"
+    [[ -s $TLS_DIR/cert.pem && -s $TLS_DIR/key.pem ]] && return 0
+    command -v openssl >/dev/null || die "TLS=1 needs the openssl CLI (apt-get install openssl)"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -addext "basicConstraints=critical,CA:FALSE" \
+        -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" 2>/dev/null \
+        || die "openssl could not make a certificate"
+    echo "tls: self-signed certificate $TLS_DIR/cert.pem"
+}
+
 # --- server ----------------------------------------------------------------------------------
 cpu_list() { # default CPU lists: server on 0, load generator on 1 (both on 0 with one core)
     if [[ $CORES -ge 2 ]]; then echo "${SERVER_CPUS:-0} ${LOAD_CPUS:-1}"; else echo "0 0"; fi
@@ -140,6 +161,7 @@ start_server() { # mode conns -> sets SERVER_PID, URL
         # that stalls a small machine (docs/TUNING.md). The benchmark runs without it.
         extra+=(--ping-interval-ms 600000)
     fi
+    [[ ${TLS:-0} == 1 ]] && extra+=(--tls-cert "$TLS_DIR/cert.pem" --tls-key "$TLS_DIR/key.pem")
     # shellcheck disable=SC2206 # SERVER_ARGS is a list of extra flags on purpose
     extra+=(${SERVER_ARGS:-})
     read -r scpu _ < <(cpu_list)
@@ -157,13 +179,17 @@ start_server() { # mode conns -> sets SERVER_PID, URL
     SERVER_PID=$!
     URL=""
     for _ in $(seq 1 100); do
-        URL=$(sed -n 's/^listening on \(ws:\/\/[0-9.:]*\).*/\1\//p' "$log" 2>/dev/null | head -1 || true)
+        URL=$(sed -n 's/^listening on \(wss*:\/\/[0-9.:]*\).*/\1\//p' "$log" 2>/dev/null | head -1 || true)
         [[ -n $URL ]] && break
         kill -0 "$SERVER_PID" 2>/dev/null || { cat "$log" >&2; die "server exited"; }
         sleep 0.1
     done
     [[ -n $URL ]] || die "server did not report its address (see $log)"
-    [[ $URL == ws://127.* ]] || die "refusing a non-loopback target: $URL"
+    [[ $URL == ws://127.* || $URL == wss://127.* ]] || die "refusing a non-loopback target: $URL"
+    if [[ ${TLS:-0} == 1 ]]; then
+        # The server may print ws:// for its listener; the load generator must speak TLS to it.
+        URL=wss://${URL#*://}
+    fi
 }
 
 stop_server() {
@@ -177,7 +203,8 @@ run_scenario() { # scenario
         echo) conns=${CONNS:-100}; size=${SIZE:-512} ;;
         fanout) conns=${CONNS:-10000}; size=${SIZE:-64}; mode=${MODE:-broadcast} ;;
         connect|idle) conns=${CONNS:-10000}; size=${SIZE:-64} ;;
-        *) die "unknown scenario $sc (all, echo, fanout, connect, idle)" ;;
+        handshakes) conns=${CONNS:-100}; size=${SIZE:-64} ;;
+        *) die "unknown scenario $sc (all, echo, fanout, connect, idle, handshakes)" ;;
     esac
     start_server "$mode" "$conns"
     read -r _ lcpu < <(cpu_list)
@@ -187,6 +214,7 @@ run_scenario() { # scenario
           --out "$out" --server-pid "$SERVER_PID" --pin-cpus "$lcpu")
     [[ -n ${LOAD_WORKERS:-} ]] && args+=(--workers "$LOAD_WORKERS")
     [[ ${DEFLATE:-0} == 1 ]] && args+=(--deflate)
+    [[ ${TLS:-0} == 1 ]] && args+=(--tls-ca "$TLS_DIR/cert.pem")
     if [[ $sc == fanout ]]; then
         if [[ -n ${BROADCASTS:-} ]]; then
             args+=(--broadcasts "$BROADCASTS" --inflight "${INFLIGHT:-1}")
@@ -229,6 +257,9 @@ summary() {
         printf '%-8s %9s %7s %13s %14s %10s %10s %13s %7s %12s\n' "$(v scenario)" "$(v connections)" \
             "$(v payload_bytes)" "$(v messages_per_s)" "$(v deliveries_per_s)" "$(v latency_p50_us)" \
             "$(v latency_p99_us)" "$(v fanout_complete_p99_ms)ms" "$(v errors)" "$(v server_rss_bytes)"
+        if [[ ${TLS:-0} == 1 ]]; then
+            printf '         tls: handshakes full %s, resumed %s\n' "$(v tls_handshakes_full)" "$(v tls_handshakes_resumed)"
+        fi
         if [[ ${DEFLATE:-0} == 1 ]]; then
             printf '         deflate: %s of %s agreed, %s declined; compressed received %s, sent %s; ratio %s, %s wire B/msg\n' \
                 "$(v deflate_agreed)" "$(v connected)" "$(v deflate_declined)" "$(v messages_compressed_received)" \
@@ -249,6 +280,7 @@ if [[ ${NETNS:-} == 1 && -z ${RINGWS_IN_NETNS:-} ]]; then
     trap - EXIT
     exec unshare -n env NO_BUILD=1 RINGWS_IN_NETNS=1 bash -c 'ip link set lo up && exec "$0" "$@"' "$0" "$@"
 fi
+[[ ${TLS:-0} == 1 ]] && make_certificate
 SUMMARY=()
 case $SCENARIO in
     all) run_scenario echo; run_scenario fanout ;;

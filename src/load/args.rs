@@ -5,8 +5,13 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
-usage: ringws-load <echo|fanout|resume|connect|idle> [options]
-  --url ws://127.0.0.1:9001/   server (loopback IPv4 only)
+usage: ringws-load <echo|fanout|resume|connect|idle|handshakes> [options]
+  --url ws://127.0.0.1:9001/   server (loopback IPv4 only; wss:// for TLS; the host may be
+                               localhost, which is then the TLS server name)
+  --tls-ca FILE                wss: trust the certificates of this PEM file
+  --tls-insecure               wss: accept any certificate (self-signed; the server must
+                               still prove it holds the key)
+  --no-resume                  wss: no TLS session resumption (every handshake is full)
   --conns C                    connections (fanout: subscribers; plus 1 publisher)   [100]
   --size S                     payload bytes (fanout: >= 16)                          [512]
   --duration D                 seconds of the measured phase (fanout: at most)        [5]
@@ -33,7 +38,11 @@ usage: ringws-load <echo|fanout|resume|connect|idle> [options]
   --down-ms T                  and stays away T ms before it reconnects               [100]
   --deflate                    offer permessage-deflate (RFC 7692) on every connection;
                                JSON-like payloads; echo sends >= 256 B compressed
-  --quiet                      no progress line";
+  --quiet                      no progress line
+scenarios: echo (round trips), fanout (one publisher, C subscribers), resume (fanout with churn
+  and resume, see above), connect (open, report),
+  idle (open, hold for --duration), handshakes (each connection opens, upgrades and closes
+  again and again for --duration: handshakes per second; with wss, full or resumed)";
 
 /// Connections one ring may hold (its fixed-file table), below the 20,000 fd/ring limit here.
 pub const CONNS_PER_WORKER_MAX: u32 = 19_990;
@@ -46,6 +55,8 @@ pub enum Scenario {
     Resume,
     Connect,
     Idle,
+    /// Open, upgrade, close, again, for the whole run: handshakes per second.
+    Handshakes,
 }
 
 impl Scenario {
@@ -61,6 +72,7 @@ impl Scenario {
             Scenario::Resume => "resume",
             Scenario::Connect => "connect",
             Scenario::Idle => "idle",
+            Scenario::Handshakes => "handshakes",
         }
     }
 }
@@ -93,6 +105,14 @@ pub struct Args {
     pub deflate: bool,
     /// Fanout through the server's pubsub mode on this topic (None: broadcast mode).
     pub pubsub_topic: Option<String>,
+    /// `wss://`: speak TLS.
+    pub tls: bool,
+    /// `--tls-ca`: the PEM file of certificates to trust.
+    pub tls_ca: Option<PathBuf>,
+    /// `--tls-insecure`: accept any certificate.
+    pub tls_insecure: bool,
+    /// TLS session resumption (rustls's client session cache); `--no-resume` turns it off.
+    pub tls_resume: bool,
     topic: String,
     /// resume: a subscriber drops about every this many ms.
     pub churn_ms: u64,
@@ -120,10 +140,26 @@ fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, ArgError> {
         .map_err(|_| ArgError(format!("{flag}: not a number: {v:?}")))
 }
 
-/// `ws://HOST:PORT/PATH` → (host header, IPv4 address, port, path). Loopback only.
-pub fn parse_url(url: &str) -> Result<(String, Ipv4Addr, u16, String), ArgError> {
-    let Some(rest) = url.strip_prefix("ws://") else {
-        return err(format!("--url must start with ws://: {url:?}"));
+/// A parsed `--url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    /// `HOST:PORT` as written (the Host header; its host part is the TLS server name).
+    pub host: String,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub path: String,
+    /// `wss://`.
+    pub tls: bool,
+}
+
+/// `ws://HOST:PORT/PATH` or `wss://…` (default port 80 or 443). Loopback only.
+pub fn parse_url(url: &str) -> Result<Url, ArgError> {
+    let (rest, tls) = if let Some(r) = url.strip_prefix("ws://") {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("wss://") {
+        (r, true)
+    } else {
+        return err(format!("--url must start with ws:// or wss://: {url:?}"));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -131,6 +167,7 @@ pub fn parse_url(url: &str) -> Result<(String, Ipv4Addr, u16, String), ArgError>
     };
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h, num::<u16>("--url port", p)?),
+        None if tls => (authority, 443),
         None => (authority, 80),
     };
     let addr: Ipv4Addr = if host == "localhost" {
@@ -144,7 +181,13 @@ pub fn parse_url(url: &str) -> Result<(String, Ipv4Addr, u16, String), ArgError>
             "--url must be a loopback address (127.0.0.0/8), not {addr}"
         ));
     }
-    Ok((authority.to_string(), addr, port, path.to_string()))
+    Ok(Url {
+        host: authority.to_string(),
+        addr,
+        port,
+        path: path.to_string(),
+        tls,
+    })
 }
 
 impl Args {
@@ -158,6 +201,7 @@ impl Args {
             "resume" => Scenario::Resume,
             "connect" => Scenario::Connect,
             "idle" => Scenario::Idle,
+            "handshakes" => Scenario::Handshakes,
             other => return err(format!("unknown scenario {other:?}")),
         };
         let mut a = Args::defaults(scenario);
@@ -166,6 +210,8 @@ impl Args {
             match flag.as_str() {
                 "--quiet" => a.quiet = true,
                 "--deflate" => a.deflate = true,
+                "--tls-insecure" => a.tls_insecure = true,
+                "--no-resume" => a.tls_resume = false,
                 _ => {
                     let Some(v) = it.next() else {
                         return err(format!("{flag} needs a value"));
@@ -204,6 +250,10 @@ impl Args {
             quiet: false,
             deflate: false,
             pubsub_topic: (scenario == Scenario::Resume).then(|| "bench".into()),
+            tls: false,
+            tls_ca: None,
+            tls_insecure: false,
+            tls_resume: true,
             topic: "bench".into(),
             churn_ms: 1_000,
             down_ms: 100,
@@ -213,8 +263,11 @@ impl Args {
     fn set(&mut self, flag: &str, v: &str) -> Result<(), ArgError> {
         match flag {
             "--url" => {
-                (self.host, self.addr, self.port, self.path) = parse_url(v)?;
+                let u = parse_url(v)?;
+                (self.host, self.addr, self.port, self.path, self.tls) =
+                    (u.host, u.addr, u.port, u.path, u.tls);
             }
+            "--tls-ca" => self.tls_ca = Some(PathBuf::from(v)),
             "--conns" => self.conns = num(flag, v)?,
             "--size" => self.size = num(flag, v)?,
             "--duration" => self.duration_ms = (num::<f64>(flag, v)? * 1000.0) as u64,
@@ -278,6 +331,15 @@ impl Args {
         }
         if self.inflight == 0 || self.connect_window == 0 {
             return err("--inflight and --connect-window must be >= 1");
+        }
+        if self.tls && self.tls_ca.is_some() == self.tls_insecure {
+            return err("wss:// needs exactly one of --tls-ca FILE and --tls-insecure");
+        }
+        if !self.tls && (self.tls_ca.is_some() || self.tls_insecure || !self.tls_resume) {
+            return err("--tls-ca, --tls-insecure and --no-resume need a wss:// --url");
+        }
+        if self.scenario == Scenario::Handshakes && self.deflate {
+            return err("handshakes: --deflate measures nothing there");
         }
         if self.workers == Some(0) || self.src_ips == Some(0) || self.src_ips > Some(254) {
             return err("--workers must be >= 1 and --src-ips in 1 ..= 254");

@@ -25,6 +25,8 @@ pub struct Errors {
     pub missing: u64,
     pub out_of_order: u64,
     pub deadline: u64,
+    /// TLS failures: a certificate refused, an alert from the server, a bad record.
+    pub tls: u64,
 }
 
 impl Errors {
@@ -37,6 +39,7 @@ impl Errors {
             + self.missing
             + self.out_of_order
             + self.deadline
+            + self.tls
     }
 
     pub fn add(&mut self, o: &Errors) {
@@ -48,6 +51,7 @@ impl Errors {
         self.missing += o.missing;
         self.out_of_order += o.out_of_order;
         self.deadline += o.deadline;
+        self.tls += o.tls;
     }
 }
 
@@ -162,6 +166,35 @@ impl Compression {
     }
 }
 
+/// `wss://` as the client saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// The run spoke TLS.
+    pub on: bool,
+    /// Connections that finished a TLS handshake: full ones and resumed ones.
+    pub handshakes_full: u64,
+    pub handshakes_resumed: u64,
+}
+
+impl Tls {
+    pub fn add(&mut self, o: &Tls) {
+        self.on |= o.on;
+        self.handshakes_full += o.handshakes_full;
+        self.handshakes_resumed += o.handshakes_resumed;
+    }
+
+    fn fields(&self) -> [(&'static str, String); 3] {
+        [
+            ("tls", self.on.to_string()),
+            ("tls_handshakes_full", num(self.handshakes_full as f64)),
+            (
+                "tls_handshakes_resumed",
+                num(self.handshakes_resumed as f64),
+            ),
+        ]
+    }
+}
+
 /// Server VmRSS (bytes) at each phase; 0 when not measured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rss {
@@ -202,6 +235,7 @@ pub struct Report {
     pub compression: Compression,
     /// `resume` only: drops, resumes, what was recovered and what was not.
     pub resumes: Option<Resumes>,
+    pub tls: Tls,
     /// CPU seconds the server (`--server-pid`) used during the run phase (0: not measured).
     pub server_cpu_run_s: f64,
     /// CPU seconds the load generator itself used during the run phase (is it the limit?).
@@ -312,6 +346,7 @@ impl Report {
         if let Some(r) = &self.resumes {
             fields.extend(r.fields());
         }
+        fields.extend(self.tls.fields());
         fields.push(("passed", self.passed().to_string()));
         fields
     }
@@ -382,7 +417,7 @@ impl Report {
         let e = &self.errors;
         format!(
             "{{\"connect\": {}, \"handshake\": {}, \"closed\": {}, \"protocol\": {}, \"mismatch\": {}, \
-             \"missing\": {}, \"out_of_order\": {}, \"deadline\": {}}}",
+             \"missing\": {}, \"out_of_order\": {}, \"deadline\": {}, \"tls\": {}}}",
             e.connect,
             e.handshake,
             e.closed,
@@ -390,7 +425,8 @@ impl Report {
             e.mismatch,
             e.missing,
             e.out_of_order,
-            e.deadline
+            e.deadline,
+            e.tls
         )
     }
 
@@ -460,7 +496,7 @@ impl Report {
         let e = &self.errors;
         let _ = writeln!(
             t,
-            "{:<28} connect {} handshake {} closed {} protocol {} mismatch {} missing {} out_of_order {} deadline {}",
+            "{:<28} connect {} handshake {} closed {} protocol {} mismatch {} missing {} out_of_order {} deadline {} tls {}",
             "error_kinds",
             e.connect,
             e.handshake,
@@ -469,7 +505,8 @@ impl Report {
             e.mismatch,
             e.missing,
             e.out_of_order,
-            e.deadline
+            e.deadline,
+            e.tls
         );
         t
     }

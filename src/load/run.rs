@@ -14,6 +14,7 @@ use super::args::{Args, CONNS_PER_WORKER_MAX, Scenario};
 use super::report::{Report, Rss, Sample, progress_line};
 use super::stats::{self, Broadcasts, Latency};
 use crate::runtime::client::{self, Outcome, Plan, Setup, Shared, phase};
+use crate::runtime::tls_client::{self, TlsTarget, Trust};
 
 /// Ports the kernel picks from per source address (`ip_local_port_range`), 28,232 by default.
 pub fn ports_per_ip() -> u32 {
@@ -107,7 +108,28 @@ fn plan(args: &Args, src_ips: u32) -> Plan {
         pubsub_topic: args.pubsub_topic.clone(),
         churn: (args.scenario == Scenario::Resume).then_some((args.churn_ms, args.down_ms)),
         deflate: args.deflate,
+        tls: None,
     }
+}
+
+/// `wss://`: the shared TLS client configuration (reads `--tls-ca`).
+fn tls_target(args: &Args) -> io::Result<Option<TlsTarget>> {
+    if !args.tls {
+        return Ok(None);
+    }
+    let trust = match &args.tls_ca {
+        Some(path) => Trust::Ca(path),
+        None => Trust::Insecure,
+    };
+    // One cached session per connection, so that every connection can resume.
+    let sessions = if args.tls_resume {
+        args.total_conns().max(256) as usize
+    } else {
+        0
+    };
+    tls_client::target(&args.host, trust, sessions)
+        .map(Some)
+        .map_err(io::Error::other)
 }
 
 /// What the main thread watches while workers run.
@@ -150,7 +172,9 @@ fn stop_on_signals(shared: Arc<Shared>) {
 pub fn run(args: &Args) -> io::Result<Report> {
     let workers = args.worker_count();
     let src_ips = args.src_ip_count(ports_per_ip());
-    let plan = Arc::new(plan(args, src_ips));
+    let mut plan = plan(args, src_ips);
+    plan.tls = tls_target(args)?;
+    let plan = Arc::new(plan);
     let shared = Arc::new(Shared::new());
     stop_on_signals(shared.clone());
     let mut rss = Rss {
@@ -345,6 +369,7 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         report.client_recv_enobufs += o.recv_enobufs;
         report.connect_retries += o.retries;
         report.compression.add(&o.compression);
+        report.tls.add(&o.tls);
         for (code, reason) in o.close_codes.iter().take(1) {
             eprintln!("ringws-load: the server closed a connection: {code} {reason:?}");
         }
@@ -367,6 +392,7 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         report.fanout_complete_max_ns = stats::complete_quantile_ns(&report.broadcasts, subs, 1.0);
     }
     report.compression.offered = args.deflate;
+    report.tls.on = args.tls;
     report.server_cpu_run_s = clock.server_cpu_s.1 - clock.server_cpu_s.0;
     report.client_cpu_run_s = clock.client_cpu_s.1 - clock.client_cpu_s.0;
     report.connect_s = clock.connect_end_ns.max(1) as f64 / 1e9;

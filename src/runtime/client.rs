@@ -22,6 +22,16 @@
 //! per connection, nothing allocated per message); echo sends of at least `COMPRESS_BYTES_MIN`
 //! go out compressed by the worker's one deflater when that makes them smaller.
 //!
+//! With `wss://` each connection has a `tls_client::TlsSession` (rustls's unbuffered client):
+//! after the connect the ClientHello leaves first, the upgrade request waits in `pending` (as
+//! plaintext) until the TLS handshake is done, received records are decrypted from the
+//! provided buffer and their plaintext goes through the same handshake and frame code, and each
+//! turn's queued frames are encrypted together into the session's `out` before the send. A TLS
+//! failure sends the alert rustls owes before the connection is shut down.
+//!
+//! The `handshakes` scenario closes each connection as soon as it is open (a Close frame, and
+//! close_notify with TLS) and opens it again on the same slot, for the whole run.
+//!
 //! `user_data` = attempt (8 bits) << 40 | op (8 bits) << 32 | connection index (32 bits). A
 //! connection that failed to open is retried on the same slot with the next attempt number, so
 //! completions of an earlier attempt are recognised as stale.
@@ -36,10 +46,11 @@ use io_uring::types::{DestinationSlot, Fixed, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 
 use super::buffers::RecvPool;
+use super::tls_client::{Progress, TlsSession, TlsTarget};
 use crate::history::Position;
 use crate::load::args::Scenario;
 use crate::load::payload;
-use crate::load::report::{Compression, Errors, Resumes};
+use crate::load::report::{Compression, Errors, Resumes, Tls};
 use crate::load::seq::{SeqCounts, SeqTracker};
 use crate::load::stats::{Broadcasts, Latency};
 use crate::proto::connection::{Connection, Limits, MessageKind, Role, Sink, State};
@@ -123,6 +134,8 @@ pub struct Plan {
     /// Resume: subscribers subscribe with `psub`, drop about every `.0` ms (uniformly 0.5–1.5×)
     /// and come back `.1` ms later with `psub <topic> <last position>`.
     pub churn: Option<(u64, u64)>,
+    /// `wss://`: the TLS configuration every connection shares (and its session cache).
+    pub tls: Option<TlsTarget>,
 }
 
 /// Counters and the phase, shared by all workers and the main thread.
@@ -213,6 +226,7 @@ pub struct Outcome {
     pub resumes: Resumes,
     /// Resume: from each reconnect to the server's `ok psub` answer.
     pub resume_latency: Latency,
+    pub tls: Tls,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -242,6 +256,8 @@ enum Phase {
     Retrying,
     /// Resume: dropped on purpose; its slot is being closed, then it comes back and resumes.
     Away,
+    /// `handshakes`: opened and closed on purpose; it connects again once the close completes.
+    Recycling,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,6 +284,10 @@ struct Conn {
     pending: Vec<u8>,
     /// Bytes of the send in flight (not touched until it completes).
     inflight: Vec<u8>,
+    /// `wss://`: the TLS session (boxed: a plain connection pays one pointer).
+    tls: Option<Box<TlsSession>>,
+    /// The connection failed in TLS (counted as a TLS error, not a handshake or close).
+    tls_error: bool,
     seq: SeqTracker,
     /// Pubsub: the server confirmed the subscription (always true otherwise).
     subscribed: bool,
@@ -280,7 +300,10 @@ struct Conn {
 impl Conn {
     /// Closed, or closed and waiting to connect again: no sends, no receives.
     fn is_dead(&self) -> bool {
-        matches!(self.phase, Phase::Closed | Phase::Retrying | Phase::Away)
+        matches!(
+            self.phase,
+            Phase::Closed | Phase::Retrying | Phase::Away | Phase::Recycling
+        )
     }
 }
 
@@ -459,6 +482,17 @@ impl RecvCtx<'_> {
     }
 }
 
+/// Collects the frames the core sends on its own (a Close we start); nothing arrives through it.
+struct FramesOnly<'a>(&'a mut Vec<u8>);
+
+impl Sink for FramesOnly<'_> {
+    fn message(&mut self, _kind: MessageKind, _payload: &[u8]) {}
+
+    fn send_frame(&mut self, frame: &[u8]) {
+        self.0.extend_from_slice(frame);
+    }
+}
+
 /// Bytes before the filler of a fanout payload: binary, or text (pubsub).
 fn header_bytes(topic: Option<&str>) -> usize {
     if topic.is_some() {
@@ -600,6 +634,10 @@ struct Worker {
     limits: Limits,
     lend: Lend,
     packer: Packer,
+    /// `wss://`: where each record's plaintext is copied to be parsed (see `tls_client`).
+    scratch: Vec<u8>,
+    /// `wss://` `handshakes`: each connection's own client configuration and session cache.
+    tls_configs: Vec<Option<Arc<rustls::ClientConfig>>>,
     random: Random,
     cqes: Vec<(u64, i32, u32)>,
     local: Local,
@@ -678,6 +716,8 @@ impl Worker {
                 response: Vec::new(),
                 pending: Vec::new(),
                 inflight: Vec::new(),
+                tls: None,
+                tls_error: false,
                 seq: SeqTracker::default(),
                 subscribed: plan.pubsub_topic.is_none() || kind == Kind::Publisher,
                 echo_counter: 0,
@@ -710,6 +750,8 @@ impl Worker {
             limits,
             lend: Lend::default(),
             packer: Packer::default(),
+            scratch: Vec::new(),
+            tls_configs: vec![None; slots as usize],
             random,
             cqes: Vec::with_capacity(cq as usize),
             local: Local::default(),
@@ -734,7 +776,7 @@ impl Worker {
                 break;
             }
             if phase != self.seen_phase {
-                self.enter_phase(phase);
+                self.enter_phase(phase)?;
             }
             let now_ns = self.shared.now_ns();
             self.start_connects(now_ns)?;
@@ -753,16 +795,23 @@ impl Worker {
         Ok(())
     }
 
-    fn enter_phase(&mut self, phase: u8) {
+    fn enter_phase(&mut self, phase: u8) -> io::Result<()> {
         self.seen_phase = phase;
-        if phase == phase::RUN && self.plan.scenario == Scenario::Echo {
-            let now_ns = self.shared.now_ns();
-            for i in 0..self.conns.len() as u32 {
-                if self.conns[i as usize].phase == Phase::Open {
-                    self.send_echo(i, now_ns);
-                }
+        if phase != phase::RUN {
+            return Ok(());
+        }
+        let now_ns = self.shared.now_ns();
+        for i in 0..self.conns.len() as u32 {
+            if self.conns[i as usize].phase != Phase::Open {
+                continue;
+            }
+            match self.plan.scenario {
+                Scenario::Echo => self.send_echo(i, now_ns),
+                Scenario::Handshakes => self.recycle(i)?,
+                _ => {}
             }
         }
+        Ok(())
     }
 
     /// Counts what never arrived at each subscriber.
@@ -841,7 +890,8 @@ impl Worker {
     fn start_connect(&mut self, i: u32, now_ns: u64) -> io::Result<()> {
         let global = self.setup.first_id + u64::from(i);
         let src = 1 + (global % u64::from(self.plan.src_ips)) as usize;
-        let fresh = self.conns[i as usize].attempt > 0;
+        // A retry or a `handshakes` cycle: the earlier attempt left the protocol state Closed.
+        let fresh = self.conns[i as usize].phase != Phase::Idle;
         let seed = if fresh {
             u64::from_le_bytes(self.random.next16()[..8].try_into().expect("8 bytes"))
         } else {
@@ -849,9 +899,11 @@ impl Worker {
         };
         let c = &mut self.conns[i as usize];
         if fresh {
-            // A retry: the failed attempt left the protocol state Closed.
             c.proto = Connection::new(Role::Client, self.limits, seed);
             c.response = Vec::new();
+            c.pending.clear();
+            c.tls = None;
+            c.tls_error = false;
             if c.resume.resuming {
                 // Coming back after a drop: the same subscriber, so the same sequence.
                 c.resume.reconnect_ns = now_ns;
@@ -862,6 +914,7 @@ impl Worker {
         }
         c.phase = Phase::Connecting;
         c.started_ms = (now_ns / 1_000_000) as u32;
+        c.echo_sent_ns = now_ns; // `handshakes`: a handshake's latency runs from here
         let fd = Fixed(i);
         let link = squeue::Flags::IO_LINK;
         let quiet = link | squeue::Flags::SKIP_SUCCESS;
@@ -929,13 +982,33 @@ impl Worker {
     /// One send per connection with queued bytes and none in flight.
     fn flush_sends(&mut self) -> io::Result<()> {
         let dirty = mem::take(&mut self.dirty);
+        let mut failed = Vec::new();
         for &i in &dirty {
             let c = &mut self.conns[i as usize];
-            if c.send_busy || c.pending.is_empty() || c.is_dead() {
+            if c.send_busy || c.is_dead() {
                 continue;
             }
             debug_assert!(c.inflight.is_empty());
-            mem::swap(&mut c.pending, &mut c.inflight);
+            if let Some(tls) = c.tls.as_mut() {
+                // Plaintext waits until the handshake is done; then the turn's frames are
+                // encrypted together, after any handshake records already in `out`.
+                if !c.pending.is_empty() && !tls.is_handshaking() {
+                    if let Err(e) = tls.seal(&c.pending) {
+                        failed.push((i, e));
+                        continue;
+                    }
+                    c.pending.clear();
+                }
+                if tls.out.is_empty() {
+                    continue;
+                }
+                mem::swap(&mut tls.out, &mut c.inflight);
+            } else {
+                if c.pending.is_empty() {
+                    continue;
+                }
+                mem::swap(&mut c.pending, &mut c.inflight);
+            }
             c.send_busy = true;
             let (ptr, len) = (c.inflight.as_ptr(), c.inflight.len() as u32);
             let e = opcode::Send::new(Fixed(i), ptr, len)
@@ -947,6 +1020,9 @@ impl Worker {
         dirty.clear();
         if self.dirty.is_empty() {
             self.dirty = dirty; // keep the capacity
+        }
+        for (i, e) in failed {
+            self.fail_tls(i, &e)?;
         }
         Ok(())
     }
@@ -1034,6 +1110,17 @@ impl Worker {
                 self.retry_queue
                     .push_back((self.shared.now_ns() + down_ns, i));
             }
+            OP_CLOSE if self.conns[i as usize].phase == Phase::Recycling => {
+                if self.seen_phase != phase::RUN {
+                    self.conns[i as usize].phase = Phase::Closed;
+                    return Ok(());
+                }
+                let c = &mut self.conns[i as usize];
+                c.attempt = c.attempt.wrapping_add(1); // what the last cycle left is now stale
+                self.connecting += 1;
+                self.scan_from = self.scan_from.min(i);
+                self.start_connect(i, self.shared.now_ns())?;
+            }
             OP_SHUTDOWN | OP_CLOSE => {}
             _ => unreachable!("unknown op {op} in user_data"),
         }
@@ -1066,6 +1153,19 @@ impl Worker {
                 .extend_from_slice(deflate::CLIENT_OFFER.as_bytes());
             c.pending.extend_from_slice(b"\r\n\r\n");
         }
+        if let Some(target) = &self.plan.tls {
+            // The ClientHello goes first; the request waits in `pending` for the handshake.
+            let config = match self.plan.scenario {
+                Scenario::Handshakes => self.tls_configs[i as usize]
+                    .get_or_insert_with(|| target.with_own_cache())
+                    .clone(),
+                _ => target.config.clone(),
+            };
+            match TlsSession::new(config, target) {
+                Ok(tls) => c.tls = Some(tls),
+                Err(e) => return self.fail_tls(i, &e),
+            }
+        }
         self.mark_dirty(i);
         self.arm_recv(i)
     }
@@ -1094,7 +1194,14 @@ impl Worker {
         c.inflight.clear();
         c.send_busy = false;
         if c.kind == Kind::Peer && self.plan.scenario != Scenario::Echo {
-            c.inflight = Vec::new(); // idle subscribers hold no send memory
+            // Idle subscribers hold no send memory.
+            c.inflight = Vec::new();
+            if c.pending.is_empty() {
+                c.pending = Vec::new();
+            }
+            if let Some(tls) = c.tls.as_mut().filter(|t| t.out.is_empty()) {
+                tls.out = Vec::new();
+            }
         }
         if !c.pending.is_empty() {
             self.mark_dirty(i);
@@ -1117,9 +1224,22 @@ impl Worker {
                 now_ns,
                 out: &mut self.out,
                 lend: &mut self.lend,
+                tls_error: None,
             };
-            let outcome = on_data(&mut self.conns[i as usize], data, &mut env);
+            let c = &mut self.conns[i as usize];
+            let outcome = match c.tls.take() {
+                None => on_data(c, data, &mut env),
+                Some(mut tls) => {
+                    let o = on_tls_data(c, &mut tls, data, &mut env, &mut self.scratch);
+                    c.tls = Some(tls);
+                    o
+                }
+            };
+            let tls_error = env.tls_error.take();
             self.bufs.put_back(bid);
+            if let Some(e) = tls_error {
+                return self.fail_tls(i, &e);
+            }
             self.after_data(i, outcome, now_ns)?;
         } else if res == -libc::ENOBUFS {
             self.out.recv_enobufs += 1;
@@ -1148,6 +1268,13 @@ impl Worker {
                 self.connecting -= 1;
                 self.local.open += 1;
                 self.count_deflate(i);
+                if self.plan.scenario == Scenario::Handshakes && self.seen_phase == phase::RUN {
+                    let c = &self.conns[i as usize];
+                    let took_ns = now_ns.saturating_sub(c.echo_sent_ns);
+                    self.out.latency.record_ns(took_ns);
+                    self.out.messages += 1;
+                    return self.recycle(i);
+                }
                 self.schedule_drop(i, now_ns);
                 if self.seen_phase == phase::RUN && self.plan.scenario == Scenario::Echo {
                     self.send_echo(i, now_ns);
@@ -1169,8 +1296,14 @@ impl Worker {
                 self.note(i, "protocol or close frame", 0);
                 return self.fail(i);
             }
+            DataOutcome::TlsFailed => unreachable!("handled with its error in on_recv"),
+            DataOutcome::PeerClosed => {
+                self.note(i, "TLS close_notify from the server", 0);
+                return self.fail(i);
+            }
         }
-        if !self.conns[i as usize].pending.is_empty() {
+        let c = &self.conns[i as usize];
+        if !c.pending.is_empty() || c.tls.as_ref().is_some_and(|t| !t.out.is_empty()) {
             self.mark_dirty(i);
         }
         Ok(())
@@ -1379,7 +1512,9 @@ impl Worker {
             self.conns[i as usize].phase = Phase::Retrying;
             return Ok(());
         }
-        if c.phase == Phase::Handshaking {
+        if c.tls_error {
+            self.out.errors.tls += 1;
+        } else if c.phase == Phase::Handshaking {
             self.out.errors.handshake += 1;
         } else {
             self.out.errors.connect += 1;
@@ -1410,12 +1545,50 @@ impl Worker {
     fn fail(&mut self, i: u32) -> io::Result<()> {
         match self.conns[i as usize].phase {
             Phase::Connecting | Phase::Handshaking => return self.fail_open(i, false),
-            Phase::Closed | Phase::Retrying | Phase::Away | Phase::Idle => return Ok(()),
+            Phase::Closed | Phase::Retrying | Phase::Away | Phase::Recycling | Phase::Idle => {
+                return Ok(());
+            }
             Phase::Open => {}
         }
-        self.out.errors.closed += 1;
+        if self.conns[i as usize].tls_error {
+            self.out.errors.tls += 1;
+        } else {
+            self.out.errors.closed += 1;
+        }
         self.local.open = self.local.open.wrapping_sub(1);
         self.close(i, true)
+    }
+
+    /// The TLS session failed (a refused certificate, an alert, a bad record): the alert rustls
+    /// owes the server (queued in the session's `out`) leaves before the shutdown.
+    fn fail_tls(&mut self, i: u32, e: &rustls::Error) -> io::Result<()> {
+        self.conns[i as usize].tls_error = true;
+        if self.notes < 3 {
+            self.notes += 1;
+            eprintln!(
+                "ringws-load: worker {} connection {i}: TLS: {e}",
+                self.setup.index
+            );
+        }
+        self.fail(i)
+    }
+
+    /// `handshakes`: closes an open connection on purpose (a Close frame, and close_notify with
+    /// TLS, leave with the shutdown); it connects again once the close completes.
+    fn recycle(&mut self, i: u32) -> io::Result<()> {
+        let c = &mut self.conns[i as usize];
+        c.proto.close(1000, "", &mut FramesOnly(&mut c.pending));
+        if let Some(tls) = c.tls.as_mut().filter(|t| !t.is_handshaking()) {
+            let sealed = tls.seal(&c.pending).and_then(|()| tls.close_notify());
+            c.pending.clear();
+            if let Err(e) = sealed {
+                return self.fail_tls(i, &e);
+            }
+        }
+        self.local.open = self.local.open.wrapping_sub(1);
+        self.close(i, true)?;
+        self.conns[i as usize].phase = Phase::Recycling;
+        Ok(())
     }
 
     /// Marks the connection closed and releases its descriptor (shutdown ends the receive).
@@ -1424,9 +1597,25 @@ impl Worker {
         c.phase = Phase::Closed;
         c.proto.transport_closed();
         c.response = Vec::new();
+        // What is still owed to the server (a Close frame, a TLS alert or close_notify) leaves
+        // first, unless a send is in flight (order) or the socket never connected.
+        let last = match c.tls.as_mut() {
+            Some(tls) => mem::take(&mut tls.out),
+            None => mem::take(&mut c.pending),
+        };
         c.pending = Vec::new();
         if !has_socket {
             return Ok(());
+        }
+        if !c.send_busy && !last.is_empty() {
+            c.inflight = last;
+            c.send_busy = true;
+            let (ptr, len) = (c.inflight.as_ptr(), c.inflight.len() as u32);
+            let send = opcode::Send::new(Fixed(i), ptr, len)
+                .build()
+                .flags(squeue::Flags::IO_HARDLINK)
+                .user_data(self.ud(OP_SEND, i));
+            self.push(&[send])?;
         }
         let chain = [
             // A hard link: the close runs even when the shutdown fails (ENOTCONN after a failed
@@ -1498,6 +1687,7 @@ impl Worker {
 }
 
 /// What one receive meant for its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DataOutcome {
     Nothing,
     Opened,
@@ -1506,6 +1696,28 @@ enum DataOutcome {
     EchoDone,
     HandshakeFailed,
     Failed,
+    /// The TLS session failed (its alert is queued).
+    TlsFailed,
+    /// The server sent TLS close_notify.
+    PeerClosed,
+}
+
+impl DataOutcome {
+    fn failed(self) -> bool {
+        matches!(
+            self,
+            DataOutcome::HandshakeFailed | DataOutcome::Failed | DataOutcome::TlsFailed
+        )
+    }
+
+    /// The outcome of a receive that held several records: a failure wins, else the last event.
+    fn then(self, next: DataOutcome) -> DataOutcome {
+        if self.failed() || next == DataOutcome::Nothing {
+            self
+        } else {
+            next
+        }
+    }
 }
 
 /// The worker's side of one receive: what bytes are checked against, where results go.
@@ -1515,6 +1727,43 @@ struct Env<'a> {
     now_ns: u64,
     out: &'a mut Outcome,
     lend: &'a mut Lend,
+    /// Why the TLS session failed, when it did.
+    tls_error: Option<rustls::Error>,
+}
+
+/// Feeds received TLS records to rustls; each record's plaintext, copied into `scratch` (rustls
+/// lends it read-only), goes to the handshake or the protocol core as in `on_data`.
+fn on_tls_data(
+    c: &mut Conn,
+    tls: &mut TlsSession,
+    data: &mut [u8],
+    env: &mut Env<'_>,
+    scratch: &mut Vec<u8>,
+) -> DataOutcome {
+    let was_handshaking = tls.is_handshaking();
+    let mut outcome = DataOutcome::Nothing;
+    let progress = tls.receive(data, &mut |plain| {
+        scratch.clear();
+        scratch.extend_from_slice(plain);
+        outcome = outcome.then(on_data(c, scratch, env));
+        !outcome.failed()
+    });
+    if was_handshaking && !tls.is_handshaking() {
+        if tls.resumed() {
+            env.out.tls.handshakes_resumed += 1;
+        } else {
+            env.out.tls.handshakes_full += 1;
+        }
+    }
+    match progress {
+        Err(e) => {
+            env.tls_error = Some(e);
+            DataOutcome::TlsFailed
+        }
+        Ok(_) if outcome.failed() => outcome,
+        Ok(Progress::PeerClosed) => DataOutcome::PeerClosed,
+        Ok(Progress::Handshaking | Progress::Traffic) => outcome,
+    }
 }
 
 /// Feeds received bytes to the handshake or the protocol core.

@@ -13,4 +13,5 @@ pub mod ring;
 pub mod slots;
 pub mod sys;
 pub mod tls;
+pub mod tls_client;
 pub(crate) mod worker;

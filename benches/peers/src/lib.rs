@@ -1,6 +1,10 @@
 //! Shared parts of the peer servers: the command line, a one-thread runtime, the listener and
 //! the broadcast hub.
 //!
+//! With `--tls-cert FILE --tls-key FILE` a peer serves `wss://` only, through tokio-rustls on
+//! rustls's `ring` provider (the one `ringws` uses): TLS 1.3 and 1.2, ALPN `http/1.1`, session
+//! resumption by stateless tickets (TLS 1.3) and rustls's session cache (TLS 1.2 ids).
+//!
 //! Every peer is single-threaded (one tokio `current_thread` runtime and a `LocalSet`), so one
 //! server uses one core, like `ringws serve --workers 1`.
 
@@ -8,11 +12,18 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use slab::Slab;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::server::TlsStream;
 
 /// What the server does with a text or binary message.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -23,21 +34,26 @@ pub enum Mode {
     Broadcast,
 }
 
-/// `peer-NAME --port P [--mode echo|broadcast]`.
+/// `peer-NAME --port P [--mode echo|broadcast] [--tls-cert FILE --tls-key FILE]`.
 #[derive(Debug)]
 pub struct Args {
     pub port: u16,
     pub mode: Mode,
+    /// PEM certificate chain and PEM private key: serve `wss://`.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
-pub const USAGE: &str = "usage: peer-NAME --port P [--mode echo|broadcast]";
+pub const USAGE: &str =
+    "usage: peer-NAME --port P [--mode echo|broadcast] [--tls-cert FILE --tls-key FILE]";
 
 /// Parses the arguments after the program name.
 pub fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut a = Args {
         port: 9001,
         mode: Mode::Echo,
+        tls: None,
     };
+    let (mut cert, mut key) = (None, None);
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
         let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -54,9 +70,16 @@ pub fn parse_args(argv: &[String]) -> Result<Args, String> {
                     _ => return Err(format!("--mode: echo|broadcast, not {v}")),
                 }
             }
+            "--tls-cert" => cert = Some(PathBuf::from(v)),
+            "--tls-key" => key = Some(PathBuf::from(v)),
             _ => return Err(format!("unknown option {flag}")),
         }
     }
+    a.tls = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
     Ok(a)
 }
 
@@ -78,12 +101,36 @@ pub fn run_local<F: Future<Output = ()>>(main: F) {
     tokio::task::LocalSet::new().block_on(&rt, main);
 }
 
-/// Binds 127.0.0.1:port and prints `listening on ws://127.0.0.1:PORT` (the real port if 0).
-pub async fn listen(port: u16) -> TcpListener {
+/// The TLS server configuration from `--tls-cert` / `--tls-key`, on the `ring` provider.
+pub fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, String> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Binds 127.0.0.1:port and prints `listening on ws://127.0.0.1:PORT` (`wss://` with TLS; the
+/// real port if 0).
+pub async fn listen(port: u16, tls: bool) -> TcpListener {
     let l = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
         .await
         .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
-    println!("listening on ws://{}", l.local_addr().expect("local_addr"));
+    let scheme = if tls { "wss" } else { "ws" };
+    println!(
+        "listening on {scheme}://{}",
+        l.local_addr().expect("local_addr")
+    );
     let _ = std::io::stdout().flush();
     l
 }
@@ -102,6 +149,43 @@ where
         let _ = stream.set_nodelay(true);
         tokio::task::spawn_local(tokio::task::unconstrained(serve(stream)));
     }
+}
+
+/// `accept_loop` for `wss://`: each connection's TLS handshake runs in its own task, then `serve`.
+pub async fn accept_loop_tls<F, Fut>(listener: TcpListener, acceptor: TlsAcceptor, serve: F)
+where
+    F: Fn(TlsStream<TcpStream>) -> Fut + Clone + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, serve) = (acceptor.clone(), serve.clone());
+        tokio::task::spawn_local(tokio::task::unconstrained(async move {
+            if let Ok(tls) = acceptor.accept(stream).await {
+                serve(tls).await;
+            }
+        }));
+    }
+}
+
+/// Runs the peer's `serve` for every connection, over TLS when `--tls-cert` was given.
+#[macro_export]
+macro_rules! serve_all {
+    ($args:expr, $listener:expr, |$s:ident| $body:expr) => {
+        match &$args.tls {
+            None => $crate::accept_loop($listener, move |$s| $body).await,
+            Some((cert, key)) => {
+                let acceptor = $crate::tls_acceptor(cert, key).unwrap_or_else(|e| {
+                    eprintln!("{e}");
+                    std::process::exit(2)
+                });
+                $crate::accept_loop_tls($listener, acceptor, move |$s| $body).await
+            }
+        }
+    };
 }
 
 /// The connected clients of a broadcast server: one unbounded queue per client, drained by that
@@ -163,6 +247,10 @@ mod tests {
         assert_eq!((a.port, a.mode), (1234, Mode::Broadcast));
         let a = parse_args(&argv("--port 7")).unwrap();
         assert_eq!((a.port, a.mode), (7, Mode::Echo));
+        assert!(a.tls.is_none());
+        let a = parse_args(&argv("--tls-cert c.pem --tls-key k.pem")).unwrap();
+        assert_eq!(a.tls, Some(("c.pem".into(), "k.pem".into())));
+        assert!(parse_args(&argv("--tls-cert c.pem")).is_err());
         assert!(parse_args(&argv("--mode pubsub")).is_err());
         assert!(parse_args(&argv("--port")).is_err());
         assert!(parse_args(&argv("--bogus 1")).is_err());

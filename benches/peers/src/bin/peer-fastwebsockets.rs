@@ -17,9 +17,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use ringws_peers::{Hub, Mode, accept_loop, args_or_exit, listen, run_local};
-use tokio::io::BufWriter;
-use tokio::net::TcpStream;
+use ringws_peers::{Hub, Mode, args_or_exit, listen, run_local, serve_all};
+use tokio::io::{AsyncRead, AsyncWrite, BufWriter};
 use tokio::sync::mpsc;
 
 /// A message to send: opcode and the shared payload.
@@ -96,7 +95,11 @@ async fn upgrade_request(
     Ok(response)
 }
 
-async fn serve(stream: TcpStream, mode: Mode, hub: Rc<Hub<Out>>) {
+async fn serve(
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    mode: Mode,
+    hub: Rc<Hub<Out>>,
+) {
     let io = TokioIo::new(stream);
     let svc = service_fn(move |req| upgrade_request(req, mode, hub.clone()));
     let _ = http1::Builder::new()
@@ -108,8 +111,9 @@ async fn serve(stream: TcpStream, mode: Mode, hub: Rc<Hub<Out>>) {
 fn main() {
     let args = args_or_exit();
     run_local(async move {
-        let listener = listen(args.port).await;
+        let listener = listen(args.port, args.tls.is_some()).await;
         let hub = Hub::new();
-        accept_loop(listener, move |s| serve(s, args.mode, hub.clone())).await
+        let mode = args.mode;
+        serve_all!(args, listener, |s| serve(s, mode, hub.clone()))
     });
 }

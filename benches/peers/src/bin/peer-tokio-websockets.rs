@@ -65,7 +65,11 @@ async fn broadcast(stream: TcpStream, hub: Rc<Hub<Message>>) {
 fn main() {
     let args = args_or_exit();
     run_local(async move {
-        let listener = listen(args.port).await;
+        if args.tls.is_some() {
+            eprintln!("peer-tokio-websockets: no --tls-cert here (plain ws:// only)");
+            std::process::exit(2);
+        }
+        let listener = listen(args.port, false).await;
         match args.mode {
             Mode::Echo => accept_loop(listener, echo).await,
             Mode::Broadcast => {

@@ -8,12 +8,16 @@
 use std::rc::Rc;
 
 use futures_util::{SinkExt, StreamExt};
-use ringws_peers::{Hub, Mode, accept_loop, args_or_exit, listen, run_local};
-use tokio::net::TcpStream;
+use ringws_peers::{Hub, Mode, args_or_exit, listen, run_local, serve_all};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-async fn echo(stream: TcpStream) {
+/// A connection: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Stream for S {}
+
+async fn echo(stream: impl Stream) {
     let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
         return;
     };
@@ -24,7 +28,7 @@ async fn echo(stream: TcpStream) {
     }
 }
 
-async fn broadcast(stream: TcpStream, hub: Rc<Hub<Message>>) {
+async fn broadcast(stream: impl Stream, hub: Rc<Hub<Message>>) {
     let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
         return;
     };
@@ -57,12 +61,12 @@ async fn broadcast(stream: TcpStream, hub: Rc<Hub<Message>>) {
 fn main() {
     let args = args_or_exit();
     run_local(async move {
-        let listener = listen(args.port).await;
+        let listener = listen(args.port, args.tls.is_some()).await;
         match args.mode {
-            Mode::Echo => accept_loop(listener, echo).await,
+            Mode::Echo => serve_all!(args, listener, |s| echo(s)),
             Mode::Broadcast => {
                 let hub = Hub::new();
-                accept_loop(listener, move |s| broadcast(s, hub.clone())).await
+                serve_all!(args, listener, |s| broadcast(s, hub.clone()))
             }
         }
     });
