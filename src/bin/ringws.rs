@@ -32,7 +32,14 @@ const USAGE: &str = "usage: ringws serve [options]
   --backpressure close|drop       past the send queue limit (default close, with 1008)
   --origin ORIGIN                 allow this Origin (repeatable; default: any)
   --recv-buffers N                receive buffers per worker (power of two)
-  --recv-buffer-bytes N           size of one receive buffer";
+  --recv-buffer-bytes N           size of one receive buffer
+  --broker redis://HOST:PORT      carry pubsub/broadcast between nodes through this Redis
+                                  (repeatable: topics spread by consistent hash; same list,
+                                  same order on every node)
+  --broker-prefix P               prefix of the Redis channels (default ringws:)
+  --broker-queue-bytes-max N      publishes queued per Redis while it is slow or down
+                                  (default 64 MiB; past it dropped and counted)
+  --broker-pipeline-max N         PUBLISHes per pipeline at most (default 256)";
 
 #[derive(Clone, Copy)]
 enum Mode {
@@ -110,6 +117,12 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 .push(it.next().ok_or("--origin needs a value")?),
             "--recv-buffers" => c.recv_buffers_per_worker = num(&flag, it.next())?,
             "--recv-buffer-bytes" => c.recv_buffer_bytes = num(&flag, it.next())?,
+            "--broker" => c.brokers.push(it.next().ok_or("--broker needs a URL")?),
+            "--broker-prefix" => {
+                c.broker_channel_prefix = it.next().ok_or("--broker-prefix needs a value")?
+            }
+            "--broker-queue-bytes-max" => c.broker_queue_bytes_max = num(&flag, it.next())?,
+            "--broker-pipeline-max" => c.broker_pipeline_max = num(&flag, it.next())?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option: {other}")),
         }

@@ -294,11 +294,11 @@ impl ConnOps for Ctx<'_> {
             return;
         }
         list.push(topic.into());
-        self.sh
-            .topics
-            .entry(topic.into())
-            .or_default()
-            .push(self.key);
+        let subs = self.sh.topics.entry(topic.into()).or_default();
+        if subs.is_empty() {
+            self.sh.publisher.demand(topic, true);
+        }
+        subs.push(self.key);
     }
 
     fn unsubscribe(&mut self, topic: &str) {
@@ -312,7 +312,7 @@ impl ConnOps for Ctx<'_> {
         if list.is_empty() {
             self.st.topics = None;
         }
-        remove_subscriber(&mut self.sh.topics, topic, self.key);
+        remove_subscriber(&mut self.sh.topics, topic, self.key, &self.sh.publisher);
     }
 
     fn publish(&mut self, topic: &str, frame: Frame) {
@@ -342,13 +342,19 @@ impl ConnOps for Ctx<'_> {
     }
 }
 
-fn remove_subscriber(topics: &mut HashMap<Box<str>, Vec<Key>>, topic: &str, key: Key) {
+fn remove_subscriber(
+    topics: &mut HashMap<Box<str>, Vec<Key>>,
+    topic: &str,
+    key: Key,
+    publisher: &Publisher,
+) {
     if let Some(subs) = topics.get_mut(topic) {
         if let Some(i) = subs.iter().position(|k| *k == key) {
             subs.swap_remove(i);
         }
         if subs.is_empty() {
             topics.remove(topic);
+            publisher.demand(topic, false);
         }
     }
 }
@@ -1043,7 +1049,7 @@ impl<H: Handler> Engine<H> {
             .into_iter()
             .flat_map(|b| b.into_iter())
         {
-            remove_subscriber(&mut self.sh.topics, &topic, key);
+            remove_subscriber(&mut self.sh.topics, &topic, key, &self.sh.publisher);
         }
         if let Some(q) = slot.st.send.take() {
             self.sh.pool.give_back(discarded(q));
