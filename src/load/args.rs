@@ -27,6 +27,9 @@ usage: ringws-load <echo|fanout|connect|idle> [options]
   --mode broadcast|pubsub      fanout: the server's mode; pubsub subscribes to        [broadcast]
                                --topic and publishes text (size >= 32)
   --topic T                    pubsub topic                                           [bench]
+  --node-url ws://127.0.0.2:9002/  fanout: another node of the same cluster (repeatable);
+                               subscribers are spread round robin over --url and these,
+                               the publisher stays on --url (cross-node through a broker)
   --deflate                    offer permessage-deflate (RFC 7692) on every connection;
                                JSON-like payloads; echo sends >= 256 B compressed
   --quiet                      no progress line";
@@ -81,6 +84,8 @@ pub struct Args {
     pub deflate: bool,
     /// Fanout through the server's pubsub mode on this topic (None: broadcast mode).
     pub pubsub_topic: Option<String>,
+    /// Other nodes (`--node-url`): subscribers are spread over `--url` and these.
+    pub nodes: Vec<(Ipv4Addr, u16)>,
     topic: String,
 }
 
@@ -187,6 +192,7 @@ impl Args {
             quiet: false,
             deflate: false,
             pubsub_topic: None,
+            nodes: Vec::new(),
             topic: "bench".into(),
         }
     }
@@ -222,6 +228,10 @@ impl Args {
                 "pubsub" => self.pubsub_topic = Some(self.topic.clone()),
                 _ => return err(format!("--mode must be broadcast or pubsub, not {v:?}")),
             },
+            "--node-url" => {
+                let (_, addr, port, _) = parse_url(v)?;
+                self.nodes.push((addr, port));
+            }
             "--topic" => {
                 if v.is_empty() || v.contains(char::is_whitespace) {
                     return err("--topic must be non-empty, without spaces");
