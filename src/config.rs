@@ -142,6 +142,26 @@ pub struct Config {
     /// (`ringws::run_until_signal`); a file that does not load is refused and the old
     /// certificates stay.
     pub tls: Option<TlsSettings>,
+    /// Redis servers (`redis://HOST:PORT`) that carry publishes and broadcasts between nodes;
+    /// topics are spread over them by a consistent hash, broadcasts go to the first. Empty:
+    /// this node alone. Every node of a cluster must list the same servers in the same order.
+    pub brokers: Vec<String>,
+    /// Prefix of every broker channel: `PREFIX t.TOPIC` for a topic, `PREFIX b` for
+    /// broadcasts. Clusters sharing one Redis need different prefixes.
+    pub broker_channel_prefix: String,
+    /// Bytes of publishes (frames, plus 64 per entry) a node queues per broker while Redis is
+    /// slow or unreachable; past it a publish is dropped for the other nodes and counted
+    /// (`ringws_broker_publish_dropped_total`). Local subscribers still get it.
+    pub broker_queue_bytes_max: usize,
+    /// Publishes sent to Redis in one pipeline at most.
+    pub broker_pipeline_max: usize,
+    /// Connect, read and write timeout of a broker connection.
+    pub broker_timeout_ms: u64,
+    /// Longest wait between two reconnection attempts (the wait starts at 50 ms and doubles).
+    pub broker_reconnect_max_ms: u64,
+    /// How often the subscribe thread stops waiting for messages to apply subscription
+    /// changes: a node's first subscriber to a topic is subscribed on the broker within it.
+    pub broker_subscribe_poll_ms: u64,
 }
 
 impl Default for Config {
@@ -178,6 +198,13 @@ impl Default for Config {
             history_age_max_ms: 0,
             history_topics_max: 100_000,
             tls: None,
+            brokers: Vec::new(),
+            broker_channel_prefix: "ringws:".into(),
+            broker_queue_bytes_max: 64 * 1024 * 1024,
+            broker_pipeline_max: 256,
+            broker_timeout_ms: 2_000,
+            broker_reconnect_max_ms: 2_000,
+            broker_subscribe_poll_ms: 10,
         }
     }
 }
@@ -286,6 +313,28 @@ impl Config {
             "deflate_client_window_bits_max",
             "must be 8..=15",
         )?;
+        check(
+            self.broker_pipeline_max >= 1,
+            "broker_pipeline_max",
+            "must be at least 1",
+        )?;
+        check(
+            self.broker_timeout_ms > 0 && self.broker_subscribe_poll_ms > 0,
+            "broker_timeout_ms",
+            "broker_timeout_ms and broker_subscribe_poll_ms must be > 0",
+        )?;
+        check(
+            self.broker_reconnect_max_ms >= 50,
+            "broker_reconnect_max_ms",
+            "must be at least 50",
+        )?;
+        for url in &self.brokers {
+            check(
+                url.starts_with("redis://") || url.starts_with("unix://"),
+                "brokers",
+                format!("{url}: expected redis://HOST:PORT"),
+            )?;
+        }
         Ok(())
     }
 

@@ -415,6 +415,8 @@ pub struct Publisher {
     mailboxes: Arc<[Mailbox]>,
     deflate: Arc<SharedDeflate>,
     history: Option<Arc<HistoryStore>>,
+    /// The other nodes, through the broker (`Config::brokers`), if any.
+    broker: Option<Arc<crate::broker::Hub>>,
 }
 
 impl Publisher {
@@ -427,6 +429,7 @@ impl Publisher {
             mailboxes,
             deflate,
             history,
+            broker: None,
         }
     }
 
@@ -435,21 +438,55 @@ impl Publisher {
         self.history.as_deref()
     }
 
+    /// The same handle, publishing through `hub` to the other nodes too.
+    pub(crate) fn with_broker(mut self, hub: Option<Arc<crate::broker::Hub>>) -> Publisher {
+        self.broker = hub;
+        self
+    }
+
+    /// A worker's first subscriber to `topic` came (`up`), or its last one left: the node
+    /// subscribes to the topic on the broker while some worker has one.
+    pub(crate) fn demand(&self, topic: &str, up: bool) {
+        if let Some(b) = &self.broker {
+            b.demand(topic, up);
+        }
+    }
+
     pub(crate) fn deflate(&self) -> &SharedDeflate {
         &self.deflate
     }
 
     /// Frames `msg` once, plain, and compressed too if some connection would take it.
     pub(crate) fn encode(&self, msg: Message<'_>) -> Frame {
-        let d = &*self.deflate;
-        let deflated =
-            (d.enabled && msg.payload().len() >= d.bytes_min && d.receivers.load(Relaxed) > 0)
-                .then(|| encode_deflated(msg, d.level))
-                .flatten();
         Frame {
+            deflated: self.deflated(msg),
             plain: encode_shared(msg),
-            deflated,
         }
+    }
+
+    /// The compressed twin of `msg`'s frame, if some connection would take it.
+    fn deflated(&self, msg: Message<'_>) -> Option<Bytes> {
+        let d = &*self.deflate;
+        (d.enabled && msg.payload().len() >= d.bytes_min && d.receivers.load(Relaxed) > 0)
+            .then(|| encode_deflated(msg, d.level))
+            .flatten()
+    }
+
+    /// A [`Frame`] around an already encoded plain frame whose payload starts at `body` (one
+    /// whole unmasked text or binary frame, checked by the broker envelope, text valid UTF-8),
+    /// compressed too if someone takes it.
+    pub(crate) fn frame_of_plain(&self, plain: Bytes, text: bool, body: usize) -> Frame {
+        let d = &*self.deflate;
+        let payload = &plain[body..];
+        let worth = d.enabled && payload.len() >= d.bytes_min && d.receivers.load(Relaxed) > 0;
+        let msg = match (text, worth) {
+            (true, true) => {
+                simdutf8::basic::from_utf8(payload).map_or(Message::Binary(payload), Message::Text)
+            }
+            _ => Message::Binary(payload),
+        };
+        let deflated = worth.then(|| encode_deflated(msg, d.level)).flatten();
+        Frame { plain, deflated }
     }
 
     pub(crate) fn mailbox(&self, worker: WorkerId) -> &Mailbox {
@@ -467,10 +504,20 @@ impl Publisher {
     /// topic's next position and is kept for resumes.
     pub fn publish(&self, topic: &str, msg: Message<'_>) {
         let frame = self.encode(msg);
-        let Some(history) = &self.history else {
+        if self.history.is_none() {
             return self.publish_frame(topic, frame, None);
-        };
+        }
         let topic: Arc<str> = Arc::from(topic);
+        if let Some(b) = &self.broker {
+            b.publish(crate::broker::Kind::Publish, &topic, &frame.plain);
+        }
+        self.sequence(topic, frame, msg);
+    }
+
+    /// History on: gives the message this node's next position for `topic`, keeps it, and posts
+    /// it to every worker (this one too) under the history's lock, so mailboxes keep offset order.
+    fn sequence(&self, topic: Arc<str>, frame: Frame, msg: Message<'_>) {
+        let history = self.history.as_ref().expect("history is on");
         history.publish(
             &topic,
             |position| self.encode_positioned(position, msg),
@@ -506,8 +553,17 @@ impl Publisher {
         self.broadcast_frame(self.encode(msg), None);
     }
 
+    /// A publish made on this node: to the broker (other nodes), and to every worker but `skip`
+    /// (the publishing worker delivers to its own subscribers itself).
     pub(crate) fn publish_frame(&self, topic: &str, frame: Frame, skip: Option<WorkerId>) {
         let topic: Arc<str> = Arc::from(topic);
+        if let Some(b) = &self.broker {
+            b.publish(crate::broker::Kind::Publish, &topic, &frame.plain);
+        }
+        self.post_publish(topic, frame, skip);
+    }
+
+    fn post_publish(&self, topic: Arc<str>, frame: Frame, skip: Option<WorkerId>) {
         for (i, m) in self.mailboxes.iter().enumerate() {
             if Some(i) != skip {
                 m.post(Mail::Publish(topic.clone(), frame.clone(), None));
@@ -515,7 +571,15 @@ impl Publisher {
         }
     }
 
+    /// A broadcast made on this node: to the broker, and to every worker but `skip`.
     pub(crate) fn broadcast_frame(&self, frame: Frame, skip: Option<WorkerId>) {
+        if let Some(b) = &self.broker {
+            b.publish(crate::broker::Kind::Broadcast, &Arc::from(""), &frame.plain);
+        }
+        self.post_broadcast(frame, skip);
+    }
+
+    fn post_broadcast(&self, frame: Frame, skip: Option<WorkerId>) {
         for (i, m) in self.mailboxes.iter().enumerate() {
             if Some(i) != skip {
                 m.post(Mail::Broadcast(frame.clone()));
@@ -523,10 +587,42 @@ impl Publisher {
         }
     }
 
-    /// Asks every worker to shut down gracefully.
+    /// A publish from another node (through the broker): to every local worker only.
+    /// With history on, the message gets this node's next position first (so a node's
+    /// positions are its own: a resume on another node is told of a gap, never silently
+    /// misses). `text` and `body` say where the frame's payload is (as for `frame_of_plain`).
+    pub(crate) fn deliver_publish(&self, topic: Arc<str>, frame: Frame, text: bool, body: usize) {
+        if self.history.is_none() {
+            return self.post_publish(topic, frame, None);
+        }
+        let plain = frame.plain.clone();
+        let payload = &plain[body..];
+        let msg = match std::str::from_utf8(payload) {
+            Ok(t) if text => Message::Text(t),
+            _ => Message::Binary(payload),
+        };
+        self.sequence(topic, frame, msg);
+    }
+
+    /// A broadcast from another node: to every local worker only.
+    pub(crate) fn deliver_broadcast(&self, frame: Frame) {
+        self.post_broadcast(frame, None);
+    }
+
+    /// Asks every worker to shut down gracefully, and the broker threads to leave.
     pub(crate) fn shutdown(&self) {
         for m in self.mailboxes.iter() {
             m.post(Mail::Shutdown);
+        }
+        if let Some(b) = &self.broker {
+            b.stop();
+        }
+    }
+
+    /// Waits for the broker threads (after [`Publisher::shutdown`]).
+    pub(crate) fn join_broker(&self) {
+        if let Some(b) = &self.broker {
+            b.join();
         }
     }
 }

@@ -16,6 +16,7 @@
 //!
 //! `proto` is the sans-IO core; `runtime` is the only module with io_uring and `unsafe`.
 
+pub mod broker;
 pub mod config;
 pub mod handler;
 pub mod history;

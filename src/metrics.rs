@@ -27,6 +27,7 @@
 //! | `ringws_fixed_files_in_use` | gauge | direct descriptors (fixed-file slots) in use |
 //! | `ringws_slab_slots` | gauge | connection slots in use in the slabs |
 //! | `ringws_workers` | gauge | worker threads |
+//! | `ringws_broker_*` | | with `Config::brokers` only: link states, publishes acknowledged, dropped, unconfirmed, messages received and lost, the broker hop's latency ([`crate::broker::BrokerMetrics`]) |
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -114,6 +115,8 @@ impl WorkerMetrics {
 /// The counters of all workers.
 pub struct Metrics {
     pub workers: Vec<Arc<WorkerMetrics>>,
+    /// The broker's counters, when the node has brokers (`Config::brokers`).
+    pub broker: Option<Arc<crate::broker::BrokerMetrics>>,
 }
 
 fn sum(ws: &[Arc<WorkerMetrics>], f: impl Fn(&WorkerMetrics) -> &AtomicU64) -> u64 {
@@ -317,6 +320,9 @@ impl Metrics {
             header(&mut out, name, "gauge", help);
             let _ = writeln!(out, "{name} {n}");
         }
+        if let Some(b) = &self.broker {
+            b.render(&mut out);
+        }
         out
     }
 }
@@ -336,6 +342,7 @@ mod tests {
         b.http(503);
         let m = Metrics {
             workers: vec![a, b],
+            broker: None,
         };
         let text = m.render();
         assert!(

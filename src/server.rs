@@ -55,8 +55,9 @@ impl ServerHandle {
         self.publisher.shutdown();
     }
 
-    /// Waits for every worker to leave; the first worker error, if any.
+    /// Waits for every worker (and broker thread) to leave; the first worker error, if any.
     pub fn join(self) -> io::Result<()> {
+        self.publisher.join_broker();
         let mut first = Ok(());
         for t in self.threads {
             let res = t
@@ -104,12 +105,14 @@ where
     let history = config
         .history_limits()
         .map(|limits| Arc::new(HistoryStore::new(limits, config.history_topics_max)));
-    let publisher = Publisher::new(mailboxes.into(), deflate, history);
+    let hub = crate::broker::Hub::new(&config)?;
+    let publisher = Publisher::new(mailboxes.into(), deflate, history).with_broker(hub.clone());
     let per_worker: Vec<_> = (0..config.workers)
         .map(|_| Arc::new(WorkerMetrics::default()))
         .collect();
     let metrics = Arc::new(Metrics {
         workers: per_worker.clone(),
+        broker: hub.as_ref().map(|h| h.metrics.clone()),
     });
     let cfg = Arc::new(config);
     let tls = match cfg.tls {
@@ -156,6 +159,15 @@ where
             .recv()
             .unwrap_or_else(|_| Err(io::Error::other("worker died at start")));
         if let Err(e) = res {
+            handle.shutdown();
+            let _ = handle.join();
+            return Err(e);
+        }
+    }
+    if let Some(hub) = &hub {
+        // After the workers: an unreachable broker is retried in the background, the node
+        // serves its own subscribers meanwhile.
+        if let Err(e) = hub.spawn(&handle.publisher) {
             handle.shutdown();
             let _ = handle.join();
             return Err(e);

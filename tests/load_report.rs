@@ -187,6 +187,19 @@ fn command_line_parses_and_refuses_non_loopback_targets() {
     assert!(args("echo --conns").is_err());
     let e = args("echo --workers 2 --conns 50000").unwrap();
     assert_eq!(e.worker_count(), 3, "asked for 2, but 50,000 need 3 rings");
+    let n =
+        args("fanout --node-url ws://127.0.0.11:9101/ --node-url ws://127.0.0.12:9101/").unwrap();
+    assert_eq!(
+        n.nodes,
+        vec![
+            ([127, 0, 0, 11].into(), 9101),
+            ([127, 0, 0, 12].into(), 9101)
+        ]
+    );
+    assert!(
+        args("fanout --node-url ws://10.0.0.2:9101/").is_err(),
+        "loopback only"
+    );
 }
 
 #[test]

@@ -39,7 +39,14 @@ const USAGE: &str = "usage: ringws serve [options]
   --tls-cert FILE                 serve wss:// only, with this PEM certificate chain
   --tls-key FILE                  the PEM private key of --tls-cert
   --tls-sni NAME=CERT,KEY         another certificate, for clients asking for NAME (repeatable)
-                                  SIGHUP reloads every certificate and key file";
+                                  SIGHUP reloads every certificate and key file
+  --broker redis://HOST:PORT      carry pubsub/broadcast between nodes through this Redis
+                                  (repeatable: topics spread by consistent hash; same list,
+                                  same order on every node)
+  --broker-prefix P               prefix of the Redis channels (default ringws:)
+  --broker-queue-bytes-max N      publishes queued per Redis while it is slow or down
+                                  (default 64 MiB; past it dropped and counted)
+  --broker-pipeline-max N         PUBLISHes per pipeline at most (default 256)";
 
 #[derive(Clone, Copy)]
 enum Mode {
@@ -145,6 +152,12 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 };
                 a.tls_sni.push((name.to_string(), files));
             }
+            "--broker" => c.brokers.push(it.next().ok_or("--broker needs a URL")?),
+            "--broker-prefix" => {
+                c.broker_channel_prefix = it.next().ok_or("--broker-prefix needs a value")?
+            }
+            "--broker-queue-bytes-max" => c.broker_queue_bytes_max = num(&flag, it.next())?,
+            "--broker-pipeline-max" => c.broker_pipeline_max = num(&flag, it.next())?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option: {other}")),
         }

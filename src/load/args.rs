@@ -36,6 +36,9 @@ usage: ringws-load <echo|fanout|resume|connect|idle|handshakes> [options]
   each subscriber drops at random and comes back with `psub <topic> <last position>`:
   --churn-ms T                 a subscriber drops about every T ms (uniform 0.5T..1.5T) [1000]
   --down-ms T                  and stays away T ms before it reconnects               [100]
+  --node-url ws://127.0.0.2:9002/  fanout: another node of the same cluster (repeatable);
+                               subscribers are spread round robin over --url and these,
+                               the publisher stays on --url (cross-node through a broker)
   --deflate                    offer permessage-deflate (RFC 7692) on every connection;
                                JSON-like payloads; echo sends >= 256 B compressed
   --quiet                      no progress line
@@ -113,6 +116,8 @@ pub struct Args {
     pub tls_insecure: bool,
     /// TLS session resumption (rustls's client session cache); `--no-resume` turns it off.
     pub tls_resume: bool,
+    /// Other nodes (`--node-url`): subscribers are spread over `--url` and these.
+    pub nodes: Vec<(Ipv4Addr, u16)>,
     topic: String,
     /// resume: a subscriber drops about every this many ms.
     pub churn_ms: u64,
@@ -254,6 +259,7 @@ impl Args {
             tls_ca: None,
             tls_insecure: false,
             tls_resume: true,
+            nodes: Vec::new(),
             topic: "bench".into(),
             churn_ms: 1_000,
             down_ms: 100,
@@ -296,6 +302,10 @@ impl Args {
                 "pubsub" => self.pubsub_topic = Some(self.topic.clone()),
                 _ => return err(format!("--mode must be broadcast or pubsub, not {v:?}")),
             },
+            "--node-url" => {
+                let url = parse_url(v)?;
+                self.nodes.push((url.addr, url.port));
+            }
             "--topic" => {
                 if v.is_empty() || v.contains(char::is_whitespace) {
                     return err("--topic must be non-empty, without spaces");

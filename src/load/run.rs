@@ -94,6 +94,11 @@ fn plan(args: &Args, src_ips: u32) -> Plan {
         host: args.host.clone(),
         path: args.path.clone(),
         server: SocketAddrV4::new(args.addr, args.port),
+        nodes: args
+            .nodes
+            .iter()
+            .map(|&(a, p)| SocketAddrV4::new(a, p))
+            .collect(),
         src_ips,
         size: args.size,
         subscribers: u64::from(args.conns),

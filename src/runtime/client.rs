@@ -111,6 +111,9 @@ pub struct Plan {
     pub host: String,
     pub path: String,
     pub server: std::net::SocketAddrV4,
+    /// Other nodes of the cluster: subscribers are spread round robin over `server` and these;
+    /// the publisher stays on `server`.
+    pub nodes: Vec<std::net::SocketAddrV4>,
     /// Sources are 127.0.0.1 ..= 127.0.0.src_ips.
     pub src_ips: u32,
     pub size: usize,
@@ -729,6 +732,10 @@ impl Worker {
         for k in 1..=plan.src_ips {
             addrs.push(sockaddr(std::net::Ipv4Addr::new(127, 0, 0, k as u8), 0));
         }
+        // After the sources: the other nodes (see `Worker::destination`).
+        for n in &plan.nodes {
+            addrs.push(sockaddr(*n.ip(), n.port()));
+        }
         let timeout_ms = plan.connect_timeout_ms;
         let connect_timeout = Box::new(
             Timespec::new()
@@ -853,6 +860,20 @@ impl Worker {
         user_data(self.conns[i as usize].attempt, op, i)
     }
 
+    /// Index in `addrs` of the server a connection goes to: the publisher and, without other
+    /// nodes, everyone to `server` (0); subscribers round robin over it and the nodes after
+    /// the sources.
+    fn destination(&self, global: u64, kind: Kind) -> usize {
+        let nodes = self.plan.nodes.len() as u64;
+        if nodes == 0 || kind == Kind::Publisher {
+            return 0;
+        }
+        match global % (nodes + 1) {
+            0 => 0,
+            k => self.plan.src_ips as usize + k as usize,
+        }
+    }
+
     /// Pushes linked entries as a unit, submitting first if the queue lacks room.
     fn push(&mut self, entries: &[squeue::Entry]) -> io::Result<()> {
         loop {
@@ -890,6 +911,7 @@ impl Worker {
     fn start_connect(&mut self, i: u32, now_ns: u64) -> io::Result<()> {
         let global = self.setup.first_id + u64::from(i);
         let src = 1 + (global % u64::from(self.plan.src_ips)) as usize;
+        let dst = self.destination(global, self.conns[i as usize].kind);
         // A retry or a `handshakes` cycle: the earlier attempt left the protocol state Closed.
         let fresh = self.conns[i as usize].phase != Phase::Idle;
         let seed = if fresh {
@@ -956,10 +978,14 @@ impl Worker {
             .build()
             .flags(quiet)
             .user_data(self.ud(OP_BIND, i)),
-            opcode::Connect::new(fd, (&self.addrs[0] as *const libc::sockaddr_in).cast(), len)
-                .build()
-                .flags(link)
-                .user_data(self.ud(OP_CONNECT, i)),
+            opcode::Connect::new(
+                fd,
+                (&self.addrs[dst] as *const libc::sockaddr_in).cast(),
+                len,
+            )
+            .build()
+            .flags(link)
+            .user_data(self.ud(OP_CONNECT, i)),
             opcode::LinkTimeout::new(&*self.connect_timeout)
                 .build()
                 .user_data(self.ud(OP_LINK_TIMEOUT, i)),

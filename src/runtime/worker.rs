@@ -136,6 +136,20 @@ impl Shared {
         }
     }
 
+    /// Whether this worker has a subscriber of `topic`, plain or positioned.
+    fn subscribed(&self, topic: &str) -> bool {
+        self.topics.contains_key(topic) || self.positioned.contains_key(topic)
+    }
+
+    /// Tells the broker when this worker's first subscriber of `topic` came, or its last left
+    /// (`before`: whether it had one before the change).
+    fn demand_change(&self, topic: &str, before: bool) {
+        let now = self.subscribed(topic);
+        if now != before {
+            self.publisher.demand(topic, now);
+        }
+    }
+
     fn touch(&mut self, key: Key, st: &mut ConnState) {
         if !st.has(flag::DIRTY) {
             st.set(flag::DIRTY);
@@ -311,6 +325,7 @@ impl ConnOps for Ctx<'_> {
     }
 
     fn subscribe(&mut self, topic: &str) {
+        let before = self.sh.subscribed(topic);
         // Listed already: plainly subscribed (nothing to do), or positioned (made plain).
         if !self.list_topic(topic) && !remove_positioned(&mut self.sh.positioned, topic, self.key) {
             return;
@@ -320,10 +335,12 @@ impl ConnOps for Ctx<'_> {
             .entry(topic.into())
             .or_default()
             .push(self.key);
+        self.sh.demand_change(topic, before);
     }
 
     fn subscribe_from(&mut self, topic: &str, from: Option<Position>) -> Option<Resume> {
         let resumed = self.sh.publisher.history()?.resume(topic, from);
+        let before = self.sh.subscribed(topic);
         if !self.list_topic(topic) {
             remove_subscriber(&mut self.sh.topics, topic, self.key);
             remove_positioned(&mut self.sh.positioned, topic, self.key);
@@ -333,6 +350,7 @@ impl ConnOps for Ctx<'_> {
             .entry(topic.into())
             .or_default()
             .push((self.key, resumed.last));
+        self.sh.demand_change(topic, before);
         let answer = Resume {
             replayed: resumed.frames.len(),
             gap: resumed.gap,
@@ -356,8 +374,10 @@ impl ConnOps for Ctx<'_> {
         if list.is_empty() {
             self.st.topics = None;
         }
+        let before = self.sh.subscribed(topic);
         remove_subscriber(&mut self.sh.topics, topic, self.key);
         remove_positioned(&mut self.sh.positioned, topic, self.key);
+        self.sh.demand_change(topic, before);
     }
 
     fn publish(&mut self, topic: &str, frame: Frame) {
@@ -1205,8 +1225,10 @@ impl<H: Handler> Engine<H> {
             .into_iter()
             .flat_map(|b| b.into_iter())
         {
+            let before = self.sh.subscribed(&topic);
             remove_subscriber(&mut self.sh.topics, &topic, key);
             remove_positioned(&mut self.sh.positioned, &topic, key);
+            self.sh.demand_change(&topic, before);
         }
         if let Some(q) = slot.st.send.take() {
             self.sh.pool.give_back(discarded(q));

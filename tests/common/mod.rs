@@ -8,6 +8,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Child;
 use std::time::Duration;
 
+pub mod redis_server;
+
 use ringws::proto::connection::{Connection, Deflate, Limits, MessageKind, Role, Sink};
 use ringws::proto::deflate::{self, Deflater};
 use ringws::proto::frame::{self, OpCode};

@@ -1,0 +1,773 @@
+//! Cross-node pub/sub through a broker (Redis first): a publish on any node reaches the
+//! subscribers of every node.
+//!
+//! ```text
+//!  worker ── Publisher::publish / Conn::publish ──► local mailboxes (delivered at once)
+//!     │                                        └──► shard queue (bounded; past it: dropped, counted)
+//!     │ first sub / last unsub of a topic on this worker                  │
+//!     ▼                                                                   ▼
+//!  shard demand (topic → ±1)                          publish thread: pipelined PUBLISH
+//!     │                                                                   │
+//!     ▼                                                                  Redis
+//!  subscribe thread: SUBSCRIBE while the node has ≥ 1 subscriber ◄────────┘
+//!     │ envelope checked; own messages skipped; gaps in (origin, seq) counted as lost
+//!     └──► framed once (and compressed once) ──► every local worker's mailbox
+//! ```
+//!
+//! Each shard (one Redis) has two threads and two connections: a connection in subscribe mode
+//! may send nothing but (UN)SUBSCRIBE/PING, and the `redis` crate's synchronous client blocks
+//! in reads. The publish thread sleeps on its queue and writes pipelines; the subscribe thread
+//! blocks reading messages, waking every `broker_subscribe_poll_ms` to apply demand changes.
+//! A worker only ever takes two short mutexes (the shard queue, the demand map): it never
+//! waits for Redis. Topics are spread over shards by a jump consistent hash
+//! ([`hash::shard_of`]).
+
+mod envelope;
+pub mod hash;
+mod redis_broker;
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::hash::BuildHasher;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+pub use envelope::{Envelope, HEADER_BYTES, Invalid, Kind};
+pub use redis_broker::RedisBroker;
+
+use crate::config::Config;
+use crate::handler::Publisher;
+
+/// A message system between nodes, one instance of it (one shard).
+///
+/// The runtime drives it from two threads per shard: one calls [`Broker::connect_publisher`]
+/// and publishes through the link, the other runs [`Broker::run_subscriber`]. Either is called
+/// again, after a backoff, when it fails.
+pub trait Broker: Send + Sync + 'static {
+    /// A name for logs and `/metrics` (the URL).
+    fn describe(&self) -> String;
+    /// Opens a connection for publishing (connect, read and write bounded by `timeout`).
+    fn connect_publisher(&self, timeout: Duration) -> io::Result<Box<dyn PublishLink>>;
+    /// Connects, calls `session.connected()`, then until `session.changes` says stop: applies
+    /// the (un)subscriptions it returns (then `session.subscribed`), and hands every message
+    /// to `session.deliver`, waiting at most `poll` for one. Returns `Err` when the link fails.
+    fn run_subscriber(
+        &self,
+        timeout: Duration,
+        poll: Duration,
+        session: &mut dyn SubscribeSession,
+    ) -> io::Result<()>;
+}
+
+/// A connection that publishes.
+pub trait PublishLink: Send {
+    /// Publishes each `(channel, payload)` in order, pipelined. `Err`: the link is broken and
+    /// the fate of the whole batch is unknown (some may have been published).
+    fn publish(&mut self, batch: &[(&[u8], &[u8])]) -> io::Result<()>;
+}
+
+/// What a subscribe connection reports to (and asks of) the runtime.
+pub trait SubscribeSession {
+    /// The link is up (every channel needed will be returned by the next `changes`).
+    fn connected(&mut self);
+    /// Fills the channels to subscribe and to unsubscribe now; true when the link should end.
+    fn changes(&mut self, subscribe: &mut Vec<String>, unsubscribe: &mut Vec<String>) -> bool;
+    /// The last `changes` were applied (confirmed by the broker).
+    fn subscribed(&mut self, subscribed: usize, unsubscribed: usize);
+    /// A message arrived on `channel`.
+    fn deliver(&mut self, channel: &str, payload: &[u8]);
+}
+
+/// First wait after a failed connection; it doubles up to `broker_reconnect_max_ms`.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Bytes counted per queued publish besides its frame and topic (the queue entry, the Arc).
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// Topics a publish thread keeps a sequence for; past it, it forgets them all and starts a
+/// new epoch (receivers then start afresh for this origin: nothing is counted lost).
+const SEQ_TOPICS_MAX: usize = 1 << 20;
+/// Largest broker-hop latency recorded, in µs (a minute).
+const HOP_US_MAX: u64 = 60_000_000;
+
+/// The broker's counters (summed over shards), rendered into `/metrics`.
+pub struct BrokerMetrics {
+    urls: Vec<String>,
+    /// Per shard: [publish link up, subscribe link up] (0 or 1).
+    links: Vec<[AtomicU64; 2]>,
+    /// Publishes Redis acknowledged.
+    pub published: AtomicU64,
+    /// Publishes dropped: the shard queue was full (`broker_queue_bytes_max`) or the server
+    /// stopped with them queued. Their remote subscribers never get them.
+    pub publish_dropped: AtomicU64,
+    /// Publishes in a pipeline whose link broke before the replies: some may have been
+    /// published. Those that were not show up as `lost` at the receivers.
+    pub publish_unconfirmed: AtomicU64,
+    /// Publishes waiting in the shard queues.
+    pub queued: AtomicU64,
+    /// Messages from other nodes delivered to local workers.
+    pub received: AtomicU64,
+    /// Messages from other nodes that never arrived, by gaps in their sequence.
+    pub lost: AtomicU64,
+    /// Messages that arrived at or behind a position already seen (not delivered).
+    pub stale: AtomicU64,
+    /// Messages refused: not an envelope, or a frame a client may not be sent.
+    pub invalid: AtomicU64,
+    /// Links that failed (publish or subscribe) and were connected again.
+    pub reconnects: AtomicU64,
+    /// Channels subscribed now (confirmed).
+    pub channels: AtomicU64,
+    /// Publish → delivery to local workers across the broker, in µs (wall clocks of two nodes).
+    hop_us: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BrokerMetrics {
+    fn new(urls: Vec<String>) -> BrokerMetrics {
+        BrokerMetrics {
+            links: urls.iter().map(|_| Default::default()).collect(),
+            urls,
+            published: AtomicU64::new(0),
+            publish_dropped: AtomicU64::new(0),
+            publish_unconfirmed: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            invalid: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            channels: AtomicU64::new(0),
+            hop_us: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, HOP_US_MAX, 3).expect("bounds"),
+            ),
+        }
+    }
+
+    /// Whether every link of every shard is up.
+    pub fn all_up(&self) -> bool {
+        self.links
+            .iter()
+            .all(|l| l.iter().all(|u| u.load(Relaxed) == 1))
+    }
+
+    /// The broker-hop latency at quantile `q` (0..=1), in µs; 0 before any message.
+    pub fn hop_us_at(&self, q: f64) -> u64 {
+        lock(&self.hop_us).value_at_quantile(q)
+    }
+
+    fn set_link(&self, shard: usize, link: usize, up: bool) {
+        self.links[shard][link].store(u64::from(up), Relaxed);
+    }
+
+    /// Appends the broker's lines to a Prometheus text exposition.
+    pub fn render(&self, out: &mut String) {
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        head(
+            out,
+            "ringws_broker_link_up",
+            "gauge",
+            "1 while the link to the broker shard is connected.",
+        );
+        for (i, l) in self.links.iter().enumerate() {
+            for (j, name) in ["publish", "subscribe"].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "ringws_broker_link_up{{shard=\"{i}\",url=\"{}\",link=\"{name}\"}} {}",
+                    self.urls[i].replace(['"', '\\'], "_"),
+                    l[j].load(Relaxed)
+                );
+            }
+        }
+        let counters = [
+            (
+                "ringws_broker_published_total",
+                "Publishes acknowledged by the broker.",
+                &self.published,
+            ),
+            (
+                "ringws_broker_publish_dropped_total",
+                "Publishes dropped before the broker: queue full, or queued at shutdown.",
+                &self.publish_dropped,
+            ),
+            (
+                "ringws_broker_publish_unconfirmed_total",
+                "Publishes sent on a link that broke before the broker answered.",
+                &self.publish_unconfirmed,
+            ),
+            (
+                "ringws_broker_received_total",
+                "Messages from other nodes delivered to local workers.",
+                &self.received,
+            ),
+            (
+                "ringws_broker_lost_total",
+                "Messages from other nodes missed (gaps in their sequence).",
+                &self.lost,
+            ),
+            (
+                "ringws_broker_stale_total",
+                "Messages at or behind a position already seen (not delivered).",
+                &self.stale,
+            ),
+            (
+                "ringws_broker_invalid_total",
+                "Broker messages refused (bad envelope or frame).",
+                &self.invalid,
+            ),
+            (
+                "ringws_broker_reconnects_total",
+                "Broker links that failed and were connected again.",
+                &self.reconnects,
+            ),
+        ];
+        for (name, help, c) in counters {
+            head(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", c.load(Relaxed));
+        }
+        for (name, help, c) in [
+            (
+                "ringws_broker_channels",
+                "Broker channels subscribed now.",
+                &self.channels,
+            ),
+            (
+                "ringws_broker_queued",
+                "Publishes waiting for the broker.",
+                &self.queued,
+            ),
+        ] {
+            head(out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {}", c.load(Relaxed));
+        }
+        head(
+            out,
+            "ringws_broker_hop_latency_us",
+            "summary",
+            "Publish on another node to delivery here to the workers, in microseconds.",
+        );
+        let h = lock(&self.hop_us);
+        for q in [0.5, 0.99, 0.999] {
+            let _ = writeln!(
+                out,
+                "ringws_broker_hop_latency_us{{quantile=\"{q}\"}} {}",
+                h.value_at_quantile(q)
+            );
+        }
+        let _ = writeln!(out, "ringws_broker_hop_latency_us_count {}", h.len());
+    }
+}
+
+/// A publish waiting for its shard's publish thread.
+struct Outgoing {
+    kind: Kind,
+    topic: Arc<str>,
+    frame: Bytes,
+    cost: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+}
+
+struct Shard {
+    broker: Box<dyn Broker>,
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    /// Changes in the number of workers with a subscriber, by topic, not yet applied by the
+    /// subscribe thread (coalesced: a sub then an unsub cancel out).
+    demand: Mutex<HashMap<Arc<str>, i64>>,
+}
+
+/// The broker side of a node: its shards and their threads.
+pub(crate) struct Hub {
+    /// This node's id in envelopes (random per start), to skip its own messages.
+    node: u64,
+    prefix: Box<str>,
+    shards: Box<[Shard]>,
+    pub(crate) metrics: Arc<BrokerMetrics>,
+    stop: AtomicBool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    queue_bytes_max: usize,
+    pipeline_max: usize,
+    timeout: Duration,
+    poll: Duration,
+    reconnect_max: Duration,
+}
+
+/// Where a broker channel's messages go.
+enum Target<'a> {
+    Topic(&'a str),
+    Broadcast,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Hub {
+    /// One shard per URL in `cfg.brokers` (nothing is connected yet). None without brokers.
+    pub(crate) fn new(cfg: &Config) -> io::Result<Option<Arc<Hub>>> {
+        if cfg.brokers.is_empty() {
+            return Ok(None);
+        }
+        let shards = cfg
+            .brokers
+            .iter()
+            .map(|url| {
+                Ok(Shard {
+                    broker: Box::new(RedisBroker::new(url)?) as Box<dyn Broker>,
+                    queue: Mutex::default(),
+                    ready: Condvar::new(),
+                    demand: Mutex::default(),
+                })
+            })
+            .collect::<io::Result<Box<[Shard]>>>()?;
+        let urls = shards.iter().map(|s| s.broker.describe()).collect();
+        Ok(Some(Arc::new(Hub {
+            node: RandomState::new().hash_one((std::process::id(), now_ns())),
+            prefix: cfg.broker_channel_prefix.as_str().into(),
+            shards,
+            metrics: Arc::new(BrokerMetrics::new(urls)),
+            stop: AtomicBool::new(false),
+            threads: Mutex::default(),
+            queue_bytes_max: cfg.broker_queue_bytes_max,
+            pipeline_max: cfg.broker_pipeline_max,
+            timeout: Duration::from_millis(cfg.broker_timeout_ms),
+            poll: Duration::from_millis(cfg.broker_subscribe_poll_ms),
+            reconnect_max: Duration::from_millis(cfg.broker_reconnect_max_ms),
+        })))
+    }
+
+    /// Starts the two threads of every shard; `publisher` delivers to the local workers.
+    pub(crate) fn spawn(self: &Arc<Hub>, publisher: &Publisher) -> io::Result<()> {
+        let mut threads = lock(&self.threads);
+        for i in 0..self.shards.len() {
+            let hub = self.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("ringws-bpub{i}"))
+                    .spawn(move || hub.run_publisher(i))?,
+            );
+            let (hub, publisher) = (self.clone(), publisher.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("ringws-bsub{i}"))
+                    .spawn(move || hub.run_subscriber_thread(i, publisher))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Asks every broker thread to leave.
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Relaxed);
+        for s in self.shards.iter() {
+            let _q = lock(&s.queue);
+            s.ready.notify_all();
+        }
+    }
+
+    /// Waits for every broker thread (after [`Hub::stop`]).
+    pub(crate) fn join(&self) {
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Relaxed)
+    }
+
+    fn shard_of(&self, kind: Kind, topic: &str) -> usize {
+        match kind {
+            Kind::Publish => hash::shard_of(topic, self.shards.len()),
+            Kind::Broadcast => 0,
+        }
+    }
+
+    fn write_channel(&self, kind: Kind, topic: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.prefix.as_bytes());
+        match kind {
+            Kind::Publish => {
+                out.extend_from_slice(b"t.");
+                out.extend_from_slice(topic.as_bytes());
+            }
+            Kind::Broadcast => out.push(b'b'),
+        }
+    }
+
+    fn channel(&self, kind: Kind, topic: &str) -> String {
+        let mut v = Vec::new();
+        self.write_channel(kind, topic, &mut v);
+        String::from_utf8(v).expect("prefix and topic are UTF-8")
+    }
+
+    fn target<'c>(&self, channel: &'c str) -> Option<Target<'c>> {
+        let rest = channel.strip_prefix(&*self.prefix)?;
+        if rest == "b" {
+            return Some(Target::Broadcast);
+        }
+        rest.strip_prefix("t.").map(Target::Topic)
+    }
+
+    /// Queues a publish (or broadcast) for the broker; never blocks on it. Past
+    /// `broker_queue_bytes_max` it is dropped and counted.
+    pub(crate) fn publish(&self, kind: Kind, topic: &Arc<str>, frame: &Bytes) {
+        let s = &self.shards[self.shard_of(kind, topic)];
+        let cost = frame.len() + topic.len() + ENTRY_OVERHEAD_BYTES;
+        let mut q = lock(&s.queue);
+        if q.bytes + cost > self.queue_bytes_max {
+            drop(q);
+            self.metrics.publish_dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        let was_empty = q.items.is_empty();
+        q.bytes += cost;
+        q.items.push_back(Outgoing {
+            kind,
+            topic: topic.clone(),
+            frame: frame.clone(),
+            cost,
+        });
+        // Under the lock, so that the publish thread's decrement never comes first.
+        self.metrics.queued.fetch_add(1, Relaxed);
+        drop(q);
+        if was_empty {
+            s.ready.notify_one();
+        }
+    }
+
+    /// A worker's first subscriber to `topic` came (`up`) or its last left.
+    pub(crate) fn demand(&self, topic: &str, up: bool) {
+        let s = &self.shards[self.shard_of(Kind::Publish, topic)];
+        let mut d = lock(&s.demand);
+        let delta = if up { 1 } else { -1 };
+        match d.get_mut(topic) {
+            Some(n) => *n += delta,
+            None => {
+                d.insert(topic.into(), delta);
+            }
+        }
+    }
+
+    /// Sleeps up to `d`, waking early when the hub stops.
+    fn sleep(&self, d: Duration) {
+        let end = Instant::now() + d;
+        while !self.stopping() {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+        }
+    }
+
+    /// Takes up to `pipeline_max` queued publishes, waiting a little for the first.
+    fn take_batch(&self, s: &Shard, into: &mut Vec<Outgoing>) {
+        let mut q = lock(&s.queue);
+        if q.items.is_empty() && !self.stopping() {
+            q = s
+                .ready
+                .wait_timeout(q, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let n = q.items.len().min(self.pipeline_max);
+        for o in q.items.drain(..n) {
+            into.push(o);
+        }
+        q.bytes -= into.iter().map(|o| o.cost).sum::<usize>();
+        self.metrics.queued.fetch_sub(into.len() as u64, Relaxed);
+    }
+
+    // ----- the publish thread ----------------------------------------------------------------
+
+    fn run_publisher(&self, i: usize) {
+        let s = &self.shards[i];
+        let mut link: Option<Box<dyn PublishLink>> = None;
+        let mut backoff = BACKOFF_MIN;
+        let mut batch = Vec::new();
+        let mut seq = Sequencer::default();
+        let (mut buf, mut spans) = (Vec::new(), Vec::new());
+        while !self.stopping() {
+            let Some(l) = link.as_mut() else {
+                match s.broker.connect_publisher(self.timeout) {
+                    Ok(l) => {
+                        link = Some(l);
+                        backoff = BACKOFF_MIN;
+                        self.metrics.set_link(i, 0, true);
+                    }
+                    Err(_) => {
+                        self.sleep(backoff);
+                        backoff = (backoff * 2).min(self.reconnect_max);
+                    }
+                }
+                continue;
+            };
+            self.take_batch(s, &mut batch);
+            if batch.is_empty() {
+                continue;
+            }
+            buf.clear();
+            spans.clear();
+            for o in &batch {
+                let start = buf.len();
+                self.write_channel(o.kind, &o.topic, &mut buf);
+                let mid = buf.len();
+                let (epoch, n) = seq.next(o.kind, &o.topic);
+                Envelope {
+                    kind: o.kind,
+                    epoch,
+                    origin: self.node,
+                    seq: n,
+                    sent_ns: now_ns(),
+                }
+                .write(&o.frame, &mut buf);
+                spans.push((start, mid, buf.len()));
+            }
+            let pairs: Vec<(&[u8], &[u8])> = spans
+                .iter()
+                .map(|&(a, b, c)| (&buf[a..b], &buf[b..c]))
+                .collect();
+            let n = batch.len() as u64;
+            batch.clear();
+            match l.publish(&pairs) {
+                Ok(()) => {
+                    self.metrics.published.fetch_add(n, Relaxed);
+                }
+                Err(_) => {
+                    self.metrics.publish_unconfirmed.fetch_add(n, Relaxed);
+                    self.metrics.reconnects.fetch_add(1, Relaxed);
+                    self.metrics.set_link(i, 0, false);
+                    link = None;
+                }
+            }
+        }
+        self.metrics.set_link(i, 0, false);
+        let mut q = lock(&s.queue);
+        let left = q.items.len() as u64;
+        q.items.clear();
+        q.bytes = 0;
+        self.metrics.queued.fetch_sub(left, Relaxed);
+        drop(q);
+        self.metrics.publish_dropped.fetch_add(left, Relaxed);
+    }
+
+    // ----- the subscribe thread --------------------------------------------------------------
+
+    fn run_subscriber_thread(&self, i: usize, publisher: Publisher) {
+        let mut session = Session {
+            hub: self,
+            shard: i,
+            publisher,
+            topics: HashMap::new(),
+            seen: HashMap::new(),
+            fresh: false,
+            connected: false,
+            channels: 0,
+        };
+        let mut backoff = BACKOFF_MIN;
+        while !self.stopping() {
+            let res = self.shards[i]
+                .broker
+                .run_subscriber(self.timeout, self.poll, &mut session);
+            if res.is_ok() {
+                break;
+            }
+            self.metrics.set_link(i, 1, false);
+            self.metrics.channels.fetch_sub(session.channels, Relaxed);
+            session.channels = 0;
+            if std::mem::take(&mut session.connected) {
+                self.metrics.reconnects.fetch_add(1, Relaxed);
+                backoff = BACKOFF_MIN;
+            }
+            // The demand keeps changing while the link is down.
+            session.apply_demand(&mut Vec::new(), &mut Vec::new());
+            self.sleep(backoff);
+            backoff = (backoff * 2).min(self.reconnect_max);
+        }
+        self.metrics.set_link(i, 1, false);
+        self.metrics.channels.fetch_sub(session.channels, Relaxed);
+    }
+}
+
+/// Positions handed out by one publish thread: per topic (and one for broadcasts), within an
+/// epoch.
+#[derive(Default)]
+struct Sequencer {
+    epoch: u32,
+    topics: HashMap<Arc<str>, u64>,
+    broadcast: u64,
+}
+
+impl Sequencer {
+    fn next(&mut self, kind: Kind, topic: &Arc<str>) -> (u32, u64) {
+        if kind == Kind::Broadcast {
+            self.broadcast += 1;
+            return (self.epoch, self.broadcast);
+        }
+        if let Some(n) = self.topics.get_mut(topic) {
+            *n += 1;
+            return (self.epoch, *n);
+        }
+        if self.topics.len() >= SEQ_TOPICS_MAX {
+            self.topics.clear();
+            self.broadcast = 0;
+            self.epoch = self.epoch.wrapping_add(1);
+        }
+        self.topics.insert(topic.clone(), 1);
+        (self.epoch, 1)
+    }
+}
+
+/// The subscribe thread's state, kept across reconnects.
+struct Session<'h> {
+    hub: &'h Hub,
+    shard: usize,
+    publisher: Publisher,
+    /// Workers with a subscriber, by topic (only topics with ≥ 1).
+    topics: HashMap<Arc<str>, i64>,
+    /// The last position seen per channel and origin: (epoch, seq).
+    seen: HashMap<Box<str>, HashMap<u64, (u32, u64)>>,
+    /// Connected and not yet told what to subscribe.
+    fresh: bool,
+    connected: bool,
+    /// Channels confirmed subscribed on the current link.
+    channels: u64,
+}
+
+impl Session<'_> {
+    /// Folds the workers' pending demand changes into `topics`; the channels that went from
+    /// 0 to ≥ 1 go into `subs`, those that went to 0 into `unsubs`.
+    fn apply_demand(&mut self, subs: &mut Vec<String>, unsubs: &mut Vec<String>) {
+        let pending = std::mem::take(&mut *lock(&self.hub.shards[self.shard].demand));
+        for (topic, delta) in pending {
+            if delta == 0 {
+                continue;
+            }
+            let before = self.topics.get(&topic).copied().unwrap_or(0);
+            let after = before + delta;
+            assert!(after >= 0, "more last-unsubscribes than first-subscribes");
+            let channel = self.hub.channel(Kind::Publish, &topic);
+            if after == 0 {
+                self.topics.remove(&topic);
+                self.seen.remove(channel.as_str());
+            } else {
+                self.topics.insert(topic, after);
+            }
+            match (before, after) {
+                (0, 1..) => subs.push(channel),
+                (1.., 0) => unsubs.push(channel),
+                _ => {}
+            }
+        }
+    }
+
+    fn account(&mut self, channel: &str, env: &Envelope) -> bool {
+        let per = match self.seen.get_mut(channel) {
+            Some(p) => p,
+            None => self.seen.entry(channel.into()).or_default(),
+        };
+        match per.get_mut(&env.origin) {
+            Some((epoch, seq)) if *epoch == env.epoch => {
+                if env.seq <= *seq {
+                    self.hub.metrics.stale.fetch_add(1, Relaxed);
+                    return false;
+                }
+                self.hub.metrics.lost.fetch_add(env.seq - *seq - 1, Relaxed);
+                *seq = env.seq;
+            }
+            Some(p) => *p = (env.epoch, env.seq),
+            None => {
+                per.insert(env.origin, (env.epoch, env.seq));
+            }
+        }
+        true
+    }
+}
+
+impl SubscribeSession for Session<'_> {
+    fn connected(&mut self) {
+        self.fresh = true;
+        self.connected = true;
+        self.hub.metrics.set_link(self.shard, 1, true);
+    }
+
+    fn changes(&mut self, subs: &mut Vec<String>, unsubs: &mut Vec<String>) -> bool {
+        if self.hub.stopping() {
+            return true;
+        }
+        self.apply_demand(subs, unsubs);
+        if std::mem::take(&mut self.fresh) {
+            subs.clear();
+            unsubs.clear();
+            subs.extend(
+                self.topics
+                    .keys()
+                    .map(|t| self.hub.channel(Kind::Publish, t)),
+            );
+            if self.shard == self.hub.shard_of(Kind::Broadcast, "") {
+                subs.push(self.hub.channel(Kind::Broadcast, ""));
+            }
+        }
+        false
+    }
+
+    fn subscribed(&mut self, subscribed: usize, unsubscribed: usize) {
+        let m = &self.hub.metrics;
+        m.channels.fetch_add(subscribed as u64, Relaxed);
+        m.channels.fetch_sub(unsubscribed as u64, Relaxed);
+        self.channels = self.channels + subscribed as u64 - unsubscribed as u64;
+    }
+
+    fn deliver(&mut self, channel: &str, payload: &[u8]) {
+        let m = &self.hub.metrics;
+        let Ok((env, text, body)) = Envelope::read(payload) else {
+            m.invalid.fetch_add(1, Relaxed);
+            return;
+        };
+        if env.origin == self.hub.node {
+            return; // our own publish: delivered locally when it was made
+        }
+        let hub = self.hub;
+        let topic = match hub.target(channel) {
+            Some(Target::Topic(t)) if env.kind == Kind::Publish => {
+                match self.topics.get_key_value(t) {
+                    Some((t, _)) => Some(t.clone()),
+                    None => return, // unsubscribed since: not owed to anyone here
+                }
+            }
+            Some(Target::Broadcast) if env.kind == Kind::Broadcast => None,
+            _ => {
+                m.invalid.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        if !self.account(channel, &env) {
+            return;
+        }
+        let hop_us = now_ns().saturating_sub(env.sent_ns) / 1000;
+        let _ = lock(&m.hop_us).record(hop_us.clamp(1, HOP_US_MAX));
+        let plain = Bytes::copy_from_slice(&payload[HEADER_BYTES..]);
+        let frame = self.publisher.frame_of_plain(plain, text, body);
+        m.received.fetch_add(1, Relaxed);
+        match topic {
+            Some(t) => self.publisher.deliver_publish(t, frame, text, body),
+            None => self.publisher.deliver_broadcast(frame),
+        }
+    }
+}

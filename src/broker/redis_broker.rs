@@ -1,0 +1,114 @@
+//! The Redis implementation of [`Broker`]: plain `PUBLISH`/`SUBSCRIBE` (Redis ≥ 2, RESP2) with
+//! the `redis` crate's synchronous client, two connections per Redis: one that publishes in
+//! pipelines, one in subscribe mode (a connection in subscribe mode may send nothing else).
+
+use std::io;
+use std::time::Duration;
+
+use super::{Broker, PublishLink, SubscribeSession};
+
+/// One Redis server, by URL (`redis://HOST:PORT[/DB]`, with `user:password@` if needed).
+pub struct RedisBroker {
+    url: String,
+    client: redis::Client,
+}
+
+fn io_err(e: redis::RedisError) -> io::Error {
+    io::Error::other(e)
+}
+
+impl RedisBroker {
+    /// Parses `url` (nothing is connected yet).
+    pub fn new(url: &str) -> io::Result<RedisBroker> {
+        let client = redis::Client::open(url).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("broker {url}: {e}"))
+        })?;
+        Ok(RedisBroker {
+            url: url.to_string(),
+            client,
+        })
+    }
+
+    fn connect(&self, timeout: Duration) -> io::Result<redis::Connection> {
+        let con = self
+            .client
+            .get_connection_with_timeout(timeout)
+            .map_err(io_err)?;
+        con.set_write_timeout(Some(timeout)).map_err(io_err)?;
+        con.set_read_timeout(Some(timeout)).map_err(io_err)?;
+        Ok(con)
+    }
+}
+
+struct RedisPublish {
+    con: redis::Connection,
+    pipe: redis::Pipeline,
+    replies: Vec<i64>,
+}
+
+impl PublishLink for RedisPublish {
+    fn publish(&mut self, batch: &[(&[u8], &[u8])]) -> io::Result<()> {
+        self.pipe.clear();
+        for (channel, payload) in batch {
+            self.pipe.cmd("PUBLISH").arg(*channel).arg(*payload);
+        }
+        self.replies = self.pipe.query(&mut self.con).map_err(io_err)?;
+        if self.replies.len() != batch.len() {
+            return Err(io::Error::other("PUBLISH: wrong number of replies"));
+        }
+        Ok(())
+    }
+}
+
+impl Broker for RedisBroker {
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+
+    fn connect_publisher(&self, timeout: Duration) -> io::Result<Box<dyn PublishLink>> {
+        Ok(Box::new(RedisPublish {
+            con: self.connect(timeout)?,
+            pipe: redis::pipe(),
+            replies: Vec::new(),
+        }))
+    }
+
+    fn run_subscriber(
+        &self,
+        timeout: Duration,
+        poll: Duration,
+        session: &mut dyn SubscribeSession,
+    ) -> io::Result<()> {
+        let mut con = self.connect(timeout)?;
+        let mut ps = con.as_pubsub();
+        ps.set_read_timeout(Some(poll)).map_err(io_err)?;
+        session.connected();
+        let (mut subs, mut unsubs) = (Vec::new(), Vec::new());
+        loop {
+            if session.changes(&mut subs, &mut unsubs) {
+                return Ok(());
+            }
+            if !subs.is_empty() || !unsubs.is_empty() {
+                // Waiting for the confirmation must not time out at the poll interval: a
+                // reply timed out there would be taken for the next one.
+                ps.set_read_timeout(Some(timeout)).map_err(io_err)?;
+                if !subs.is_empty() {
+                    ps.subscribe(&subs[..]).map_err(io_err)?;
+                }
+                // Never an empty UNSUBSCRIBE: that would leave every channel.
+                if !unsubs.is_empty() {
+                    ps.unsubscribe(&unsubs[..]).map_err(io_err)?;
+                }
+                ps.set_read_timeout(Some(poll)).map_err(io_err)?;
+                session.subscribed(subs.len(), unsubs.len());
+                subs.clear();
+                unsubs.clear();
+            }
+            match ps.get_message() {
+                Ok(msg) => session.deliver(msg.get_channel_name(), msg.get_payload_bytes()),
+                Err(e) if e.is_timeout() => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+    }
+}
