@@ -438,6 +438,13 @@ impl Publisher {
         self.history.as_deref()
     }
 
+    /// Drops the history of the topics `which` names (see `HistoryStore::forget`).
+    pub(crate) fn forget_history(&self, which: impl Fn(&str) -> bool) {
+        if let Some(h) = &self.history {
+            h.forget(which);
+        }
+    }
+
     /// The same handle, publishing through `hub` to the other nodes too.
     pub(crate) fn with_broker(mut self, hub: Option<Arc<crate::broker::Hub>>) -> Publisher {
         self.broker = hub;

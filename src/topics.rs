@@ -44,6 +44,8 @@ pub(crate) struct HistoryStore {
     made: AtomicU64,
     /// Topic histories dropped to stay within `topics_max` (their subscribers get a gap).
     pub evicted: AtomicU64,
+    /// Topic histories dropped because the node may have missed messages (see `forget`).
+    pub forgotten: AtomicU64,
 }
 
 impl HistoryStore {
@@ -56,6 +58,7 @@ impl HistoryStore {
             topics: Mutex::new(HashMap::new()),
             made: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            forgotten: AtomicU64::new(0),
         }
     }
 
@@ -112,6 +115,17 @@ impl HistoryStore {
             }
         }
         self.evicted.fetch_add((before - map.len()) as u64, Relaxed);
+    }
+
+    /// Drops the history of every topic `which` names: the node may have missed messages of it
+    /// (it left the broker's channel, the broker link broke, or a loss was detected), so its
+    /// next message starts a new epoch and older positions resume as a gap.
+    pub(crate) fn forget(&self, which: impl Fn(&str) -> bool) {
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|t, _| !which(t));
+        self.forgotten
+            .fetch_add((before - map.len()) as u64, Relaxed);
     }
 
     /// Gives the next message of `topic` its position, keeps the frame `make` builds for it, and

@@ -666,6 +666,8 @@ impl Session<'_> {
             if after == 0 {
                 self.topics.remove(&topic);
                 self.seen.remove(channel.as_str());
+                // Off the channel, this node will miss messages: its history of them ends.
+                self.publisher.forget_history(|t| t == &*topic);
             } else {
                 self.topics.insert(topic, after);
             }
@@ -688,8 +690,14 @@ impl Session<'_> {
                     self.hub.metrics.stale.fetch_add(1, Relaxed);
                     return false;
                 }
-                self.hub.metrics.lost.fetch_add(env.seq - *seq - 1, Relaxed);
+                let lost = env.seq - *seq - 1;
+                self.hub.metrics.lost.fetch_add(lost, Relaxed);
                 *seq = env.seq;
+                if lost > 0
+                    && let Some(Target::Topic(t)) = self.hub.target(channel)
+                {
+                    self.publisher.forget_history(|h| h == t);
+                }
             }
             Some(p) => *p = (env.epoch, env.seq),
             None => {
@@ -704,6 +712,10 @@ impl SubscribeSession for Session<'_> {
     fn connected(&mut self) {
         self.fresh = true;
         self.connected = true;
+        // While the link was down this node may have missed messages of this shard's topics.
+        let (hub, shard) = (self.hub, self.shard);
+        self.publisher
+            .forget_history(|t| hub.shard_of(Kind::Publish, t) == shard);
         self.hub.metrics.set_link(self.shard, 1, true);
     }
 
