@@ -88,12 +88,14 @@ where
         .map(|_| sys::eventfd().map(Mailbox::new))
         .collect::<io::Result<Vec<_>>>()?;
     let deflate = Arc::new(crate::handler::SharedDeflate::from_config(&config));
-    let publisher = Publisher::new(mailboxes.into(), deflate);
+    let memory = Arc::new(crate::runtime::budget::MemoryBudget::for_config(&config));
+    let publisher = Publisher::new(mailboxes.into(), deflate, memory.clone());
     let per_worker: Vec<_> = (0..config.workers)
         .map(|_| Arc::new(WorkerMetrics::default()))
         .collect();
     let metrics = Arc::new(Metrics {
         workers: per_worker.clone(),
+        memory: Some(memory),
     });
     let cfg = Arc::new(config);
     let factory = Arc::new(factory);
