@@ -13,11 +13,23 @@
 #   - after the load, the connection gauges, fixed-file slots and slab slots are not back at
 #     their idle values, or the server holds more descriptors than before the load.
 #
-#   DURATION=120 scripts/soak.sh
+# The client also runs, throughout: non-readers (the server stops reading them), slow readers
+# and ping floods (#16). It prints echo latency percentiles per window of WINDOW_S seconds
+# (default 300), and the RSS samples are drawn as reports/soak/rss.svg.
+#
+#   scripts/soak.sh --duration 3600      # the hour; DURATION=120 scripts/soak.sh also works
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 duration="${DURATION:-600}"
+while [ $# -gt 0 ]; do
+    case $1 in
+    --duration) duration=$2; shift 2 ;;
+    --window) WINDOW_S=$2; shift 2 ;;
+    *) echo "usage: scripts/soak.sh [--duration SECONDS] [--window SECONDS]" >&2; exit 2 ;;
+    esac
+done
+window_s="${WINDOW_S:-300}"
 sample_s="${SAMPLE_S:-10}"
 growth_min_kb="${RSS_GROWTH_MIN_KB:-4096}"
 growth_pct="${RSS_GROWTH_PCT:-10}"
@@ -66,7 +78,7 @@ rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 fds_before_echo=$(fds "$echo_pid")
 fds_before_pubsub=$(fds "$pubsub_pid")
 
-SOAK_ECHO_ADDR=$echo_addr SOAK_PUBSUB_ADDR=$pubsub_addr SOAK_SECS=$duration \
+SOAK_ECHO_ADDR=$echo_addr SOAK_PUBSUB_ADDR=$pubsub_addr SOAK_SECS=$duration SOAK_WINDOW_S=$window_s \
     cargo test --release --test hardening_soak -- --ignored --nocapture >"$out/client.log" 2>&1 &
 client=$!
 pids+=("$client")
@@ -90,7 +102,30 @@ while kill -0 "$client" 2>/dev/null; do
 done
 client_ok=0
 wait "$client" || client_ok=$?
-tail -n 5 "$out/client.log"
+grep -E "^soak (latency|client)" "$out/client.log" || tail -n 5 "$out/client.log"
+
+# RSS over time, one line per server, as an SVG chart.
+awk -F, 'NR > 1 { t[NR] = $1; s[NR] = $2; r[NR] = $3 / 1024; if ($1 > tmax) tmax = $1; if (r[NR] > rmax) rmax = r[NR]; n = NR }
+    END {
+        W = 800; H = 400; L = 60; B = 40
+        if (tmax == 0) tmax = 1; if (rmax == 0) rmax = 1
+        printf "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H
+        printf "<text x=\"%d\" y=\"16\">ringws soak: server RSS (MiB) over time (s)</text>\n", L
+        printf "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"black\"/>\n", L, H - B, W - 10, H - B
+        printf "<line x1=\"%d\" y1=\"30\" x2=\"%d\" y2=\"%d\" stroke=\"black\"/>\n", L, L, H - B
+        printf "<text x=\"4\" y=\"34\">%.0f</text><text x=\"4\" y=\"%d\">0</text>\n", rmax, H - B
+        printf "<text x=\"%d\" y=\"%d\">%d s</text>\n", W - 60, H - 10, tmax
+        split("echo pubsub", names, " "); split("#1f77b4 #d62728", colors, " ")
+        for (k = 1; k <= 2; k++) {
+            pts = ""
+            for (i = 2; i <= n; i++) if (s[i] == names[k])
+                pts = pts sprintf("%.1f,%.1f ", L + (W - 10 - L) * t[i] / tmax, (H - B) - (H - B - 30) * r[i] / rmax)
+            printf "<polyline fill=\"none\" stroke=\"%s\" points=\"%s\"/>\n", colors[k], pts
+            printf "<text x=\"%d\" y=\"%d\" fill=\"%s\">%s</text>\n", W - 120, 30 + 16 * k, colors[k], names[k]
+        }
+        print "</svg>"
+    }' "$csv" >"$out/rss.svg"
+echo "soak: RSS chart in $out/rss.svg"
 
 fail=0
 if [ "$client_ok" != 0 ]; then

@@ -18,6 +18,11 @@ pub const DEFLATE_COMPRESS_BYTES_MIN_DEFAULT: usize = 256;
 /// Default of [`Config::deflate_level`] (see docs/BENCHMARKS.md, permessage-deflate).
 pub const DEFLATE_LEVEL_DEFAULT: u8 = 1;
 
+/// Default of [`Config::send_queue_high_bytes`] (see docs/BENCHMARKS.md, backpressure).
+pub const SEND_QUEUE_HIGH_BYTES_DEFAULT: usize = 1024 * 1024;
+/// Default of [`Config::send_queue_low_bytes`].
+pub const SEND_QUEUE_LOW_BYTES_DEFAULT: usize = 256 * 1024;
+
 /// What to do when a connection's send queue is over `send_queue_bytes_max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackpressurePolicy {
@@ -88,8 +93,27 @@ pub struct Config {
     pub message_bytes_max: u64,
     /// Most fragments (frames) in one message (1009 past it).
     pub message_fragments_max: u32,
-    /// Bytes queued for sending on one connection before backpressure applies.
+    /// Bytes queued for sending on one connection before backpressure applies: past it the
+    /// connection is closed with 1008 (or the message dropped, by `backpressure`). Reading pauses
+    /// long before (`send_queue_high_bytes`), so only what the connection does not control
+    /// (broadcasts, publishes, sends from other connections) can reach it.
     pub send_queue_bytes_max: usize,
+    /// High-water mark: once a connection's queued output passes it, the server stops reading
+    /// from that connection (its multishot receive is cancelled), so TCP's flow control slows
+    /// the peer down and nothing more is buffered for it. Covers echoes, everything a handler
+    /// sends from `on_message`, inflated messages and pongs.
+    pub send_queue_high_bytes: usize,
+    /// Low-water mark: a connection whose reading paused at the high mark is read again once its
+    /// queued output is below this.
+    pub send_queue_low_bytes: usize,
+    /// The memory budget of the whole server: every byte the engine buffers (send queues,
+    /// reassembly, inflate output, handshake spill, shared frames, the workers' pools). Past
+    /// it, reading pauses; if it is still exceeded after `memory_budget_grace_ms`, the
+    /// connections holding the most are closed with 1013, largest first. 0 (the default): half
+    /// of the machine's memory (`MemTotal`, read once at start-up).
+    pub memory_budget_bytes: u64,
+    /// How long the budget may stay exceeded with reading paused before connections are closed.
+    pub memory_budget_grace_ms: u64,
     /// What happens past `send_queue_bytes_max`.
     pub backpressure: BackpressurePolicy,
     /// Size of one receive buffer in the provided-buffer ring.
@@ -180,6 +204,10 @@ impl Default for Config {
             message_bytes_max: MESSAGE_BYTES_MAX_DEFAULT,
             message_fragments_max: MESSAGE_FRAGMENTS_MAX_DEFAULT,
             send_queue_bytes_max: 32 * 1024 * 1024,
+            send_queue_high_bytes: SEND_QUEUE_HIGH_BYTES_DEFAULT,
+            send_queue_low_bytes: SEND_QUEUE_LOW_BYTES_DEFAULT,
+            memory_budget_bytes: 0,
+            memory_budget_grace_ms: 250,
             backpressure: BackpressurePolicy::Close,
             recv_buffer_bytes: 16 * 1024,
             recv_buffers_per_worker: 1024,
@@ -280,6 +308,16 @@ impl Config {
             self.send_queue_bytes_max >= 1024,
             "send_queue_bytes_max",
             "must be at least 1024",
+        )?;
+        check(
+            self.send_queue_high_bytes <= self.send_queue_bytes_max,
+            "send_queue_high_bytes",
+            "must be at most send_queue_bytes_max",
+        )?;
+        check(
+            self.send_queue_low_bytes < self.send_queue_high_bytes,
+            "send_queue_low_bytes",
+            "must be below send_queue_high_bytes",
         )?;
         check(
             self.recv_buffer_bytes >= 512 && self.recv_buffer_bytes <= 1 << 20,

@@ -15,6 +15,7 @@ use crate::history::Position;
 use crate::proto::connection::MessageKind;
 use crate::proto::frame::{self, OpCode};
 use crate::proto::handshake::Request;
+use crate::runtime::budget::{MemoryBudget, counted};
 use crate::topics::{HistoryStore, Sequenced};
 
 pub use crate::proto::handshake::Request as UpgradeRequest;
@@ -256,14 +257,14 @@ impl<'a> Conn<'a> {
 }
 
 /// Encodes a whole server frame (unmasked) once, to be shared by reference.
-pub(crate) fn encode_shared(msg: Message<'_>) -> Bytes {
+pub(crate) fn encode_shared(msg: Message<'_>) -> Vec<u8> {
     let opcode = match msg {
         Message::Text(_) => OpCode::Text,
         Message::Binary(_) => OpCode::Binary,
     };
     let mut out = Vec::with_capacity(msg.payload().len() + frame::HEADER_BYTES_MAX);
     frame::encode_frame(&mut out, true, opcode, msg.payload(), None);
-    Bytes::from(out)
+    out
 }
 
 /// A message framed once for many connections: the plain frame, and the compressed one
@@ -333,8 +334,9 @@ pub(crate) fn with_deflater<R>(
 }
 
 /// Compresses `payload` once for every receiver (15-bit window, empty window first) into a whole
-/// frame with RSV1. None if compressing would not make it smaller.
-fn encode_deflated(msg: Message<'_>, level: u8) -> Option<Bytes> {
+/// frame with RSV1, which starts at the returned offset. None if compressing would not make it
+/// smaller.
+fn encode_deflated(msg: Message<'_>, level: u8) -> Option<(Vec<u8>, usize)> {
     use crate::proto::deflate::WINDOW_BITS_MAX;
     let payload = msg.payload();
     let mut out = Vec::with_capacity(payload.len() / 2 + frame::HEADER_BYTES_MAX + 64);
@@ -354,7 +356,7 @@ fn encode_deflated(msg: Message<'_>, level: u8) -> Option<Bytes> {
     let n = frame::encode_header(&mut hdr, true, frame::RSV1, opcode, body as u64, None);
     let start = frame::HEADER_BYTES_MAX - n;
     out[start..frame::HEADER_BYTES_MAX].copy_from_slice(&hdr[..n]);
-    Some(Bytes::from(out).slice(start..))
+    Some((out, start))
 }
 
 /// Work handed to a worker by other threads.
@@ -417,6 +419,8 @@ pub struct Publisher {
     history: Option<Arc<HistoryStore>>,
     /// The other nodes, through the broker (`Config::brokers`), if any.
     broker: Option<Arc<crate::broker::Hub>>,
+    /// Shared frames are counted against it while they exist.
+    memory: Arc<MemoryBudget>,
 }
 
 impl Publisher {
@@ -424,12 +428,14 @@ impl Publisher {
         mailboxes: Arc<[Mailbox]>,
         deflate: Arc<SharedDeflate>,
         history: Option<Arc<HistoryStore>>,
+        memory: Arc<MemoryBudget>,
     ) -> Publisher {
         Publisher {
             mailboxes,
             deflate,
             history,
             broker: None,
+            memory,
         }
     }
 
@@ -459,6 +465,10 @@ impl Publisher {
         }
     }
 
+    pub(crate) fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.memory
+    }
+
     pub(crate) fn deflate(&self) -> &SharedDeflate {
         &self.deflate
     }
@@ -467,7 +477,7 @@ impl Publisher {
     pub(crate) fn encode(&self, msg: Message<'_>) -> Frame {
         Frame {
             deflated: self.deflated(msg),
-            plain: encode_shared(msg),
+            plain: counted(encode_shared(msg), &self.memory),
         }
     }
 
@@ -477,6 +487,7 @@ impl Publisher {
         (d.enabled && msg.payload().len() >= d.bytes_min && d.receivers.load(Relaxed) > 0)
             .then(|| encode_deflated(msg, d.level))
             .flatten()
+            .map(|(bytes, start)| counted(bytes, &self.memory).slice(start..))
     }
 
     /// A [`Frame`] around an already encoded plain frame whose payload starts at `body` (one
@@ -492,7 +503,7 @@ impl Publisher {
             }
             _ => Message::Binary(payload),
         };
-        let deflated = worth.then(|| encode_deflated(msg, d.level)).flatten();
+        let deflated = if worth { self.deflated(msg) } else { None };
         Frame { plain, deflated }
     }
 
@@ -666,6 +677,7 @@ mod tests {
             Arc::from(Vec::new()),
             Arc::new(SharedDeflate::from_config(&cfg)),
             None,
+            Arc::new(MemoryBudget::new(1 << 30)),
         );
         let json =
             r#"{"symbol":"BTC-USD","price":"43127.55","size":"0.0021","side":"buy"}"#.repeat(4);

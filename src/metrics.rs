@@ -28,14 +28,19 @@
 //! | `ringws_slab_slots` | gauge | connection slots in use in the slabs |
 //! | `ringws_workers` | gauge | worker threads |
 //! | `ringws_broker_*` | | with `Config::brokers` only: link states, publishes acknowledged, dropped, unconfirmed, messages received and lost, the broker hop's latency ([`crate::broker::BrokerMetrics`]) |
+//! | `ringws_reads_paused` | gauge | connections whose reading is paused (queued output past the high mark) |
+//! | `ringws_reads_pauses_total` | counter | times a connection's reading was paused |
+//! | `ringws_memory_budget_bytes` | gauge | the memory budget |
+//! | `ringws_memory_used_bytes` | gauge | bytes buffered by the engine, counted against the budget |
+//! | `ringws_memory_budget_closes_total` | counter | connections closed 1013 because the budget stayed exceeded |
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Close codes counted by name; anything else is counted as `other`.
-pub const CLOSE_CODES: [u16; 12] = [
-    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012,
+pub const CLOSE_CODES: [u16; 13] = [
+    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013,
 ];
 /// HTTP statuses counted by name; anything else is counted as `other`.
 pub const HTTP_STATUSES: [u16; 10] = [200, 400, 401, 403, 404, 405, 408, 426, 431, 503];
@@ -76,6 +81,9 @@ pub struct WorkerMetrics {
     pub tls_refused: AtomicU64,
     /// close_notify alerts received.
     pub tls_close_notify_received: AtomicU64,
+    /// Connections whose reading is paused now, and pauses so far.
+    pub reads_paused: AtomicU64,
+    pub reads_pauses: AtomicU64,
 }
 
 /// Adds `n` to a counter. Every counter of a `WorkerMetrics` has one writer, its worker, so a
@@ -117,6 +125,8 @@ pub struct Metrics {
     pub workers: Vec<Arc<WorkerMetrics>>,
     /// The broker's counters, when the node has brokers (`Config::brokers`).
     pub broker: Option<Arc<crate::broker::BrokerMetrics>>,
+    /// The server's memory budget and its use.
+    pub memory: Option<Arc<crate::runtime::budget::MemoryBudget>>,
 }
 
 fn sum(ws: &[Arc<WorkerMetrics>], f: impl Fn(&WorkerMetrics) -> &AtomicU64) -> u64 {
@@ -177,7 +187,7 @@ impl Metrics {
             "closing",
             sum(ws, |w| &w.closing),
         );
-        let counters: [(&str, &str, u64); 17] = [
+        let counters: [(&str, &str, u64); 18] = [
             (
                 "ringws_tls_handshakes_total",
                 "TLS handshakes completed.",
@@ -212,6 +222,11 @@ impl Metrics {
                 "ringws_tls_close_notify_received_total",
                 "close_notify alerts received.",
                 sum(ws, |w| &w.tls_close_notify_received),
+            ),
+            (
+                "ringws_reads_pauses_total",
+                "Times reading from a connection paused (queued output past the high mark).",
+                sum(ws, |w| &w.reads_pauses),
             ),
             (
                 "ringws_messages_deflated_total",
@@ -298,7 +313,12 @@ impl Metrics {
             let n: u64 = ws.iter().map(|w| w.http[i].load(Relaxed)).sum();
             labelled(&mut out, "ringws_http_responses_total", "status", &s, n);
         }
-        let gauges: [(&str, &str, u64); 4] = [
+        let gauges: [(&str, &str, u64); 5] = [
+            (
+                "ringws_reads_paused",
+                "Connections whose reading is paused.",
+                sum(ws, |w| &w.reads_paused),
+            ),
             (
                 "ringws_deflate_connections",
                 "Open connections that agreed to permessage-deflate.",
@@ -323,7 +343,37 @@ impl Metrics {
         if let Some(b) = &self.broker {
             b.render(&mut out);
         }
+        if let Some(m) = &self.memory {
+            render_memory(&mut out, m);
+        }
         out
+    }
+}
+
+fn render_memory(out: &mut String, m: &crate::runtime::budget::MemoryBudget) {
+    let lines = [
+        (
+            "ringws_memory_budget_bytes",
+            "gauge",
+            "The memory budget (Config::memory_budget_bytes).",
+            m.budget_bytes(),
+        ),
+        (
+            "ringws_memory_used_bytes",
+            "gauge",
+            "Bytes buffered by the engine, counted against the budget.",
+            m.used_bytes(),
+        ),
+        (
+            "ringws_memory_budget_closes_total",
+            "counter",
+            "Connections closed 1013: the memory budget stayed exceeded.",
+            m.closes(),
+        ),
+    ];
+    for (name, kind, help, n) in lines {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {n}");
     }
 }
 
@@ -343,6 +393,7 @@ mod tests {
         let m = Metrics {
             workers: vec![a, b],
             broker: None,
+            memory: Some(Arc::new(crate::runtime::budget::MemoryBudget::new(1 << 20))),
         };
         let text = m.render();
         assert!(
@@ -362,6 +413,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ringws_workers 2\n"), "{text}");
+        assert!(
+            text.contains("ringws_memory_budget_bytes 1048576\n"),
+            "{text}"
+        );
         assert_eq!(m.closes_with(1000), 1);
     }
 }

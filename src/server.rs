@@ -106,13 +106,16 @@ where
         .history_limits()
         .map(|limits| Arc::new(HistoryStore::new(limits, config.history_topics_max)));
     let hub = crate::broker::Hub::new(&config)?;
-    let publisher = Publisher::new(mailboxes.into(), deflate, history).with_broker(hub.clone());
+    let memory = Arc::new(crate::runtime::budget::MemoryBudget::for_config(&config));
+    let publisher =
+        Publisher::new(mailboxes.into(), deflate, history, memory.clone()).with_broker(hub.clone());
     let per_worker: Vec<_> = (0..config.workers)
         .map(|_| Arc::new(WorkerMetrics::default()))
         .collect();
     let metrics = Arc::new(Metrics {
         workers: per_worker.clone(),
         broker: hub.as_ref().map(|h| h.metrics.clone()),
+        memory: Some(memory),
     });
     let cfg = Arc::new(config);
     let tls = match cfg.tls {

@@ -255,3 +255,37 @@ fn a_trickled_handshake_is_answered() {
     server.shutdown();
     server.join().unwrap();
 }
+
+/// Strict HTTP at the upgrade (#16): an absolute-form target is served with its path, an
+/// upgrade with a body is refused 400 (its bytes would otherwise be read as frames).
+#[test]
+fn absolute_form_is_upgraded_and_a_body_is_400() {
+    use std::io::{Read, Write};
+    let server = serve(test_config(), |_| Echo);
+    let addr = server.local_addr();
+    let upgrade = |target: &str, extra: &str| {
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    };
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
+    s.write_all(upgrade("http://example.com/chat?x=1", "").as_bytes())
+        .unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = s.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert_eq!(status(&answer), 101, "{answer}");
+    for extra in [
+        "Content-Length: 5\r\n",
+        "Transfer-Encoding: chunked\r\n",
+        "Content-Length: x\r\n",
+    ] {
+        let answer = http(addr, &format!("{}hello", upgrade("/", extra))).unwrap();
+        assert_eq!(status(&answer), 400, "{extra:?}: {answer}");
+    }
+    let answer = http(addr, &upgrade("ws://example.com/", "")).unwrap();
+    assert_eq!(status(&answer), 400, "{answer}");
+    server.shutdown();
+    server.join().unwrap();
+}

@@ -63,16 +63,24 @@ fn sigterm_with_a_client_that_never_reads_still_exits_0() {
         .unwrap();
     let addr = common::listen_addr(&mut child);
     let mut stuck = Client::connect(addr).unwrap();
-    // Fill the server's send queue towards this client (it never reads).
-    let big = vec![0u8; 1 << 20];
-    for _ in 0..16 {
-        stuck.send_binary(&big).unwrap();
-    }
+    // Fill the server's send queue towards this client (it never reads). The server stops
+    // reading from it past the high mark (#16), so these writes block: they run on a thread
+    // that ends when the server closes the connection.
+    let writer = std::thread::spawn(move || {
+        let big = vec![0u8; 1 << 20];
+        for _ in 0..16 {
+            if stuck.send_binary(&big).is_err() {
+                break;
+            }
+        }
+        stuck
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let mut fine = Client::connect(addr).unwrap();
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     assert_eq!(fine.recv_close().unwrap().0, 1001);
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
-    drop((stuck, fine));
+    drop((writer.join().unwrap(), fine));
 }

@@ -390,7 +390,6 @@ fn malformed_lines_are_400() {
         request_with("X-Foo: a\r\n  folded\r\n", &[]),  // obs-fold
         minimal().replacen("GET / ", "GET  / ", 1),     // double space
         minimal().replacen("GET / ", "GET /a b ", 1),   // space in target
-        minimal().replacen("GET / ", "GET http://h/ ", 1), // absolute-form
         minimal().replacen("GET / ", "G(T / ", 1),      // not a token
         minimal().replacen("GET / HTTP/1.1", "GET /", 1), // two parts
         format!("\r\n{}", minimal()),                   // empty request line
@@ -398,6 +397,144 @@ fn malformed_lines_are_400() {
     for req in cases {
         assert_eq!(reject_status(&req), 400, "{req:?}");
     }
+}
+
+// ------------------------------------------------------------------ strict HTTP (#16)
+
+fn with_target(target: &str) -> String {
+    minimal().replacen("GET / ", &format!("GET {target} "), 1)
+}
+
+#[test]
+fn absolute_form_target_is_accepted_with_its_path() {
+    let req = with_target("http://example.com/chat");
+    let req = complete(req.as_bytes());
+    assert_eq!((req.path, req.query), ("/chat", None));
+    // RFC 9112 §3.2.2: the authority of the target is the host, not the Host header ("h").
+    assert_eq!(req.host, "example.com");
+    let req = with_target("HTTPS://example.com:8443/a/b?room=7");
+    let req = complete(req.as_bytes());
+    assert_eq!((req.path, req.query), ("/a/b", Some("room=7")));
+    assert_eq!(req.host, "example.com:8443");
+}
+
+#[test]
+fn absolute_form_with_an_empty_path_is_slash() {
+    let req = with_target("http://example.com");
+    assert_eq!(complete(req.as_bytes()).path, "/");
+    let req = with_target("http://example.com?x=1");
+    let req = complete(req.as_bytes());
+    assert_eq!((req.path, req.query), ("/", Some("x=1")));
+}
+
+#[test]
+fn origin_form_keeps_the_host_header() {
+    let req = minimal();
+    assert_eq!(complete(req.as_bytes()).host, "h");
+}
+
+#[test]
+fn other_request_target_forms_are_400() {
+    for target in [
+        "ws://example.com/chat",    // RFC 6455 §4.1: http or https only
+        "ftp://example.com/",       // another scheme
+        "http:///chat",             // empty authority
+        "http://user@example.com/", // userinfo (RFC 9110 §4.2.4)
+        "http://example.com/#frag", // a fragment is never sent
+        "example.com:80",           // authority-form is for CONNECT
+        "*",                        // asterisk-form is for OPTIONS
+        "chat",                     // relative without a slash
+    ] {
+        let req = with_target(target);
+        assert_eq!(
+            parse_request(req.as_bytes(), MAX),
+            Err(Reject::BadRequest(match target {
+                "ws://example.com/chat" | "ftp://example.com/" => {
+                    "request target scheme is not http or https"
+                }
+                _ => "malformed request target",
+            })),
+            "{target}"
+        );
+    }
+}
+
+#[test]
+fn absolute_form_still_needs_a_host_header() {
+    let req = request_with("", &["Host"]).replacen("GET / ", "GET http://example.com/ ", 1);
+    assert_eq!(
+        parse_request(req.as_bytes(), MAX),
+        Err(Reject::BadRequest("missing Host"))
+    );
+}
+
+#[test]
+fn upgrade_with_a_body_is_400() {
+    let body = Err(Reject::BadRequest(
+        "an upgrade request must not have a body",
+    ));
+    for extra in [
+        "Content-Length: 5\r\n",
+        "content-length: 0001\r\n",
+        "Content-Length: 0\r\nContent-Length: 7\r\n",
+        "Transfer-Encoding: chunked\r\n",
+        "transfer-encoding: identity\r\n",
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding:\r\n",
+    ] {
+        let req = request_with(extra, &[]);
+        assert_eq!(parse_request(req.as_bytes(), MAX), body, "{extra:?}");
+        assert_eq!(reject_status(&req), 400);
+    }
+}
+
+#[test]
+fn malformed_content_length_is_400() {
+    for extra in [
+        "Content-Length: -1\r\n",
+        "Content-Length: 1 2\r\n",
+        "Content-Length: 0x10\r\n",
+        "Content-Length:\r\n",
+        "Content-Length: 0, 0\r\n",
+    ] {
+        let req = request_with(extra, &[]);
+        assert_eq!(
+            parse_request(req.as_bytes(), MAX),
+            Err(Reject::BadRequest("malformed Content-Length")),
+            "{extra:?}"
+        );
+    }
+}
+
+#[test]
+fn upgrade_with_content_length_zero_is_accepted() {
+    for extra in ["Content-Length: 0\r\n", "Content-Length: 000\r\n"] {
+        let req = request_with(extra, &[]);
+        complete(req.as_bytes());
+    }
+}
+
+#[test]
+fn a_body_is_checked_before_the_upgrade_headers_but_after_the_method() {
+    // POST with a body is still 405 (the method is checked first) ...
+    let req = request_with("Content-Length: 3\r\n", &[]).replacen("GET", "POST", 1);
+    assert_eq!(reject_status(&req), 405);
+    // ... and a body is a 400 even when the version is wrong (426 otherwise).
+    let req = request_with(
+        "Transfer-Encoding: chunked\r\nSec-WebSocket-Version: 8\r\n",
+        &["Sec-WebSocket-Version"],
+    );
+    assert_eq!(reject_status(&req), 400);
+}
+
+#[test]
+fn a_plain_request_may_have_a_body() {
+    // Answered (426 or /metrics) and closed: its body is never read as frames.
+    let req = "POST /metrics HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc";
+    assert!(matches!(
+        parse_request(req.as_bytes(), MAX),
+        Ok(Parsed::Plain(_))
+    ));
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! A peer that sends pings and never reads: the pongs it is owed must not grow the server's
 //! memory without bound. RFC 6455 §5.5.3 lets an endpoint answer only the most recent Ping; or
 //! the pongs can count against `send_queue_bytes_max` like data (then Close 1008). Either way the
-//! server's memory stays bounded. Measured as the RSS of this test process (the server runs in
+//! server's memory stays bounded. Since #16 the pongs also count towards the high mark, so the
+//! server stops reading from such a peer (TCP then blocks its writes) long before the limit. Measured as the RSS of this test process (the server runs in
 //! it; this file holds one test so nothing else runs alongside).
 mod common;
 #[path = "common/hostile.rs"]
@@ -26,11 +27,15 @@ fn rss_kib() -> u64 {
 fn ping_flood_from_a_peer_that_never_reads_keeps_memory_bounded() {
     let config = Config {
         send_queue_bytes_max: 64 * 1024,
+        send_queue_high_bytes: 32 * 1024,
+        send_queue_low_bytes: 8 * 1024,
         ..test_config()
     };
     let server = serve(config, |_| Echo);
     let addr = server.local_addr();
     let mut s = raw_upgrade(addr).unwrap();
+    s.set_write_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
     let ping = raw_frame(0x89, &[7u8; 125], Some([1, 2, 3, 4]));
     let batch: Vec<u8> = ping.repeat(1024);
     let before = rss_kib();
@@ -38,7 +43,8 @@ fn ping_flood_from_a_peer_that_never_reads_keeps_memory_bounded() {
     let mut cut = false;
     while sent < FLOOD_BYTES {
         if s.write_all(&batch).is_err() {
-            cut = true; // the server closed us: bounded too
+            // The server closed us, or stopped reading (the write blocked): bounded too.
+            cut = true;
             break;
         }
         sent += batch.len();

@@ -32,6 +32,7 @@ struct Counts {
     sessions: AtomicU64,
     delivered: AtomicU64,
     hostile: AtomicU64,
+    heavy: AtomicU64,
 }
 
 fn env_addr(name: &str) -> SocketAddr {
@@ -51,12 +52,30 @@ fn payload(rng: &mut Rng, tag: String) -> String {
     tag + &"x".repeat(n)
 }
 
-/// Pipelined echo on one connection until `end`; checks every echo.
-fn echo(addr: SocketAddr, id: u64, end: Instant, counts: &Counts) {
+/// Round-trip times of echoes, one histogram (µs) per window of `SOAK_WINDOW_S` seconds.
+type Windows = Vec<hdrhistogram::Histogram<u64>>;
+
+fn window_s() -> u64 {
+    std::env::var("SOAK_WINDOW_S").map_or(300, |s| s.parse().unwrap())
+}
+
+fn record(windows: &mut Windows, start: Instant, rtt: Duration) {
+    let w = (start.elapsed().as_secs() / window_s()) as usize;
+    while windows.len() <= w {
+        windows.push(hdrhistogram::Histogram::new(3).unwrap());
+    }
+    let _ = windows[w].record(rtt.as_micros() as u64);
+}
+
+/// Pipelined echo on one connection until `end`; checks every echo and records the round trip
+/// of each batch's messages.
+fn echo(addr: SocketAddr, id: u64, end: Instant, counts: &Counts) -> Windows {
     let mut rng = Rng::new(id + 1);
     let mut c = Client::connect(addr).unwrap();
     let mut n = 0u64;
+    let (start, mut windows) = (Instant::now(), Windows::new());
     while Instant::now() < end {
+        let sent_at = Instant::now();
         let batch: Vec<String> = (0..1 + rng.below(16))
             .map(|i| payload(&mut rng, format!("e{id}/{n}/{i}:")))
             .collect();
@@ -68,6 +87,7 @@ fn echo(addr: SocketAddr, id: u64, end: Instant, counts: &Counts) {
                 Event::Text(t) => assert!(t == m, "echo {id}: lost or reordered at {n}"),
                 other => panic!("echo {id}: unexpected {other:?}"),
             }
+            record(&mut windows, start, sent_at.elapsed());
             counts.echoed.fetch_add(1, Relaxed);
         }
         n += 1;
@@ -75,6 +95,52 @@ fn echo(addr: SocketAddr, id: u64, end: Instant, counts: &Counts) {
     c.close(1000, "").unwrap();
     assert_eq!(c.recv().unwrap(), Event::Close(1000, String::new()));
     c.read_to_eof().unwrap();
+    windows
+}
+
+/// Peers that make the server buffer: one that sends and never reads (the server stops
+/// reading it, #16), one that reads its echoes slowly (all must arrive), one that floods pings
+/// and never reads.
+fn heavy_round(addr: SocketAddr, counts: &Counts) {
+    if let Ok(mut s) = raw_upgrade(addr) {
+        s.set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let frame = raw_frame(0x82, &[9u8; 64 * 1024], MASK);
+        for _ in 0..256 {
+            if s.write_all(&frame).is_err() {
+                break; // blocked: the server stopped reading us
+            }
+        }
+        reset(s);
+    }
+    let mut c = Client::connect(addr).unwrap();
+    let msg = vec![3u8; 4096];
+    for _ in 0..256 {
+        c.send_binary(&msg).unwrap();
+    }
+    for i in 0..256 {
+        if i % 16 == 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        match c.recv().unwrap() {
+            Event::Binary(b) => assert_eq!(b.len(), msg.len(), "slow reader: echo {i}"),
+            other => panic!("slow reader: unexpected {other:?}"),
+        }
+    }
+    c.close(1000, "").unwrap();
+    let _ = c.read_to_eof();
+    if let Ok(mut s) = raw_upgrade(addr) {
+        s.set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let pings = raw_frame(0x89, &[1u8; 125], MASK).repeat(1024);
+        for _ in 0..64 {
+            if s.write_all(&pings).is_err() {
+                break;
+            }
+        }
+        drop(s);
+    }
+    counts.heavy.fetch_add(1, Relaxed);
 }
 
 /// Connect, a few messages, leave: cleanly (checked), by FIN, or by reset mid-frame.
@@ -207,10 +273,18 @@ fn soak_client() {
     let end = Instant::now() + Duration::from_secs(secs);
     let counts = Arc::new(Counts::default());
     let mut threads = Vec::new();
-    for id in 0..4 {
+    let echoes: Vec<_> = (0..4)
+        .map(|id| {
+            let counts = counts.clone();
+            std::thread::spawn(move || echo(echo_addr, id, end, &counts))
+        })
+        .collect();
+    {
         let counts = counts.clone();
         threads.push(std::thread::spawn(move || {
-            echo(echo_addr, id, end, &counts)
+            while Instant::now() < end {
+                heavy_round(echo_addr, &counts);
+            }
         }));
     }
     for id in 0..2 {
@@ -245,14 +319,38 @@ fn soak_client() {
     for t in threads {
         t.join().unwrap();
     }
+    let mut windows = Windows::new();
+    for t in echoes {
+        for (i, h) in t.join().unwrap().into_iter().enumerate() {
+            if windows.len() <= i {
+                windows.push(hdrhistogram::Histogram::new(3).unwrap());
+            }
+            windows[i].add(h).unwrap();
+        }
+    }
+    for (i, h) in windows.iter().enumerate() {
+        let w = window_s();
+        println!(
+            "soak latency {}-{} s: {} echoes, p50 {} us, p99 {} us, p99.9 {} us, max {} us",
+            i as u64 * w,
+            (i as u64 + 1) * w,
+            h.len(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max()
+        );
+    }
     println!(
         "soak client: {} echoes checked, {} churn sessions, {} published x 16 subscribers = {} \
-         deliveries, {} hostile rounds, 0 lost",
+         deliveries, {} hostile rounds, {} heavy rounds (non-reader, slow reader, ping flood), \
+         0 lost",
         counts.echoed.load(Relaxed),
         counts.sessions.load(Relaxed),
         published,
         counts.delivered.load(Relaxed),
         counts.hostile.load(Relaxed),
+        counts.heavy.load(Relaxed),
     );
     assert_eq!(counts.delivered.load(Relaxed), published * 16);
 }

@@ -24,6 +24,10 @@ const USAGE: &str = "usage: ringws serve [options]
   --close-timeout-ms N            time for the close handshake and TCP end (default 5000)
   --max-message-bytes N           largest message and frame (default 16 MiB)
   --send-queue-bytes-max N        per-connection send queue limit (default 32 MiB)
+  --send-queue-high-bytes N       stop reading a connection whose queue passes N (default 1 MiB)
+  --send-queue-low-bytes N        read it again below N (default 256 KiB)
+  --memory-budget-bytes N         bytes the engine may buffer in all (default: half of MemTotal)
+  --memory-budget-grace-ms N      over budget this long with reads paused: close largest, 1013
   --send-zc-bytes-min N           SENDMSG_ZC for batches of N bytes or more (default 0: off)
   --no-deflate                    never agree to permessage-deflate (default: agree when offered)
   --deflate-level N               zlib level 0-9 for compressed sends (default 1)
@@ -113,6 +117,10 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 c.frame_bytes_max = c.message_bytes_max;
             }
             "--send-queue-bytes-max" => c.send_queue_bytes_max = num(&flag, it.next())?,
+            "--send-queue-high-bytes" => c.send_queue_high_bytes = num(&flag, it.next())?,
+            "--send-queue-low-bytes" => c.send_queue_low_bytes = num(&flag, it.next())?,
+            "--memory-budget-bytes" => c.memory_budget_bytes = num(&flag, it.next())?,
+            "--memory-budget-grace-ms" => c.memory_budget_grace_ms = num(&flag, it.next())?,
             "--send-zc-bytes-min" => c.send_zc_bytes_min = num(&flag, it.next())?,
             "--no-deflate" => c.deflate = false,
             "--deflate-level" => c.deflate_level = num(&flag, it.next())?,

@@ -54,10 +54,12 @@ pub fn accept_key(key: &[u8]) -> [u8; ACCEPT_LEN] {
 /// `Sec-WebSocket-Version` was 13. Values are trimmed of surrounding spaces and tabs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request<'a> {
-    /// The request target up to `?`, always starting with `/`.
+    /// The request target up to `?`, always starting with `/`; for an absolute-form target
+    /// (`http://host/chat`), its path (`/`, if empty).
     pub path: &'a str,
     /// What follows the `?`, without it.
     pub query: Option<&'a str>,
+    /// The `Host` header, or the authority of an absolute-form target (RFC 9112 §3.2.2).
     pub host: &'a str,
     pub origin: Option<&'a str>,
     /// The first `Cookie` header.
@@ -254,7 +256,10 @@ fn bad(why: &'static str) -> Reject {
 /// The request line: `method SP request-target SP HTTP-version`.
 struct RequestLine<'a> {
     method: &'a str,
+    /// The path and query: the target itself in origin-form, its path in absolute-form.
     target: &'a str,
+    /// The authority of an absolute-form target (RFC 9112 §3.2.2).
+    authority: Option<&'a str>,
     /// (major, minor)
     version: (u8, u8),
 }
@@ -269,15 +274,40 @@ fn parse_request_line(line: &str) -> Result<RequestLine<'_>, Reject> {
     if !is_token(method) {
         return Err(bad("malformed method"));
     }
-    if !target.starts_with('/') || !target.bytes().all(|b| b.is_ascii_graphic()) {
+    if !target.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(bad("malformed request target"));
     }
+    let (authority, target) = split_absolute_form(target)?;
     let version = parse_http_version(version).ok_or(bad("malformed HTTP version"))?;
     Ok(RequestLine {
         method,
         target,
+        authority,
         version,
     })
+}
+
+/// Origin-form (`/chat`) → `(None, "/chat")`; absolute-form (`http://host/chat`, RFC 9112
+/// §3.2.2, allowed by RFC 6455 §4.1 for `http` and `https`, scheme case-insensitive) →
+/// `(Some("host"), "/chat")`. The path of an absolute-form target may be empty (`http://host`,
+/// `http://host?q`); [`split_target`] reads an empty path as `/` (RFC 9112 §3.2.1). Any other
+/// form is a 400: another scheme, an empty authority, userinfo (`user@`, which RFC 9110 §4.2.4
+/// says to treat as an error), or a fragment.
+fn split_absolute_form(target: &str) -> Result<(Option<&str>, &str), Reject> {
+    if target.starts_with('/') {
+        return Ok((None, target));
+    }
+    let malformed = bad("malformed request target");
+    let (scheme, rest) = target.split_once("://").ok_or(malformed)?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(bad("request target scheme is not http or https"));
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path_and_query) = rest.split_at(end);
+    if authority.is_empty() || authority.contains('@') || target.contains('#') {
+        return Err(malformed);
+    }
+    Ok((Some(authority), path_and_query))
 }
 
 /// `HTTP/x.y` → `(x, y)`.
@@ -288,11 +318,13 @@ fn parse_http_version(s: &str) -> Option<(u8, u8)> {
     }
 }
 
+/// Path and query of a target; an empty path (absolute-form only) is `/`.
 fn split_target(target: &str) -> (&str, Option<&str>) {
-    match target.split_once('?') {
+    let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
-    }
+    };
+    (if path.is_empty() { "/" } else { path }, query)
 }
 
 /// What the header lines of a request said, collected in one pass.
@@ -308,6 +340,10 @@ struct RequestFields<'a> {
     upgrade_seen: bool,
     upgrade_websocket: bool,
     connection_upgrade: bool,
+    /// A `Content-Length` above 0 or any `Transfer-Encoding`: the request has a body.
+    body: bool,
+    /// A `Content-Length` that is not a decimal number.
+    content_length_malformed: bool,
 }
 
 /// One pass over the header lines (`fields` ends with the blank line).
@@ -343,9 +379,22 @@ impl<'a> RequestFields<'a> {
             Field::Cookie => _ = self.cookie.get_or_insert(value),
             Field::Protocol => _ = self.protocols.get_or_insert(value),
             Field::Extensions => _ = self.extensions.get_or_insert(value),
+            Field::ContentLength => self.content_length(value),
+            Field::TransferEncoding => self.body = true,
             Field::Accept | Field::Other => {}
         }
         Ok(())
+    }
+}
+
+impl RequestFields<'_> {
+    /// `Content-Length = 1*DIGIT` (RFC 9110 §8.6); any digit but 0 means a body.
+    fn content_length(&mut self, value: &str) {
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            self.content_length_malformed = true;
+        } else if value.bytes().any(|b| b != b'0') {
+            self.body = true;
+        }
     }
 }
 
@@ -366,8 +415,14 @@ struct Checked<'a> {
     key: &'a str,
 }
 
-/// RFC 6455 §4.2.1, in this order: method, HTTP version, Host, Upgrade, Connection,
+/// RFC 6455 §4.2.1, in this order: method, HTTP version, no body, Host, Upgrade, Connection,
 /// Sec-WebSocket-Version (426), Sec-WebSocket-Key.
+///
+/// An upgrade request must not carry a body (`Content-Length` above 0, any `Transfer-Encoding`,
+/// a malformed `Content-Length`: 400): the bytes after its header block are WebSocket frames, and
+/// a proxy in front that read them as a body could smuggle a request past its own checks. In
+/// absolute-form the host is the target's authority (RFC 9112 §3.2.2), though a `Host` header
+/// must still be present (RFC 9112 §3.2).
 fn check_upgrade<'a>(
     start: &RequestLine<'a>,
     found: &RequestFields<'a>,
@@ -378,10 +433,17 @@ fn check_upgrade<'a>(
     if start.version < (1, 1) {
         return Err(bad("HTTP/1.1 or later required"));
     }
+    if found.content_length_malformed {
+        return Err(bad("malformed Content-Length"));
+    }
+    if found.body {
+        return Err(bad("an upgrade request must not have a body"));
+    }
     let host = found
         .host
         .filter(|h| !h.is_empty())
         .ok_or(bad("missing Host"))?;
+    let host = start.authority.unwrap_or(host);
     if !found.upgrade_websocket {
         return Err(bad("Upgrade is not websocket"));
     }
@@ -561,6 +623,8 @@ enum Field {
     Protocol,
     Extensions,
     Accept,
+    ContentLength,
+    TransferEncoding,
     Other,
 }
 
@@ -573,7 +637,9 @@ impl Field {
             6 => (Field::Cookie, "cookie"),
             7 => (Field::Upgrade, "upgrade"),
             10 => (Field::Connection, "connection"),
-            17 => (Field::Key, "sec-websocket-key"),
+            14 => (Field::ContentLength, "content-length"),
+            17 if name.as_bytes()[0] | 0x20 == b's' => (Field::Key, "sec-websocket-key"),
+            17 => (Field::TransferEncoding, "transfer-encoding"),
             20 => (Field::Accept, "sec-websocket-accept"),
             21 => (Field::Version, "sec-websocket-version"),
             22 => (Field::Protocol, "sec-websocket-protocol"),

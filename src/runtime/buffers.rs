@@ -463,6 +463,12 @@ impl SendQueue {
         self.inflight_left + self.queued.bytes
     }
 
+    /// Heap bytes this queue holds of its own (its two batches' vectors, by capacity). Shared
+    /// frames are not in it: each is counted once, wherever it is queued (`budget::counted`).
+    pub fn heap_bytes(&self) -> usize {
+        self.inflight.own.capacity() + self.queued.own.capacity()
+    }
+
     /// Bytes of the batch in flight not yet acknowledged.
     pub fn inflight_bytes(&self) -> usize {
         self.inflight_left
@@ -651,6 +657,17 @@ impl SendPool {
             q.queued.chunk = arena.take();
         }
         q
+    }
+
+    /// Drops the heap vectors of the queues kept (their registered chunks stay).
+    pub fn trim(&mut self) {
+        for q in &mut self.free {
+            for b in [&mut q.inflight, &mut q.queued] {
+                b.own = Vec::new();
+                b.segs = Vec::new();
+            }
+            q.iov = Vec::new();
+        }
     }
 
     /// Gives back an empty queue.

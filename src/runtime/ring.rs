@@ -43,6 +43,7 @@ enum Tag {
     Wake = 7,
     CancelAccept = 8,
     SendZc = 9,
+    CancelRecv = 10,
 }
 
 impl Tag {
@@ -57,6 +58,7 @@ impl Tag {
             7 => Tag::Wake,
             8 => Tag::CancelAccept,
             9 => Tag::SendZc,
+            10 => Tag::CancelRecv,
             _ => return None,
         })
     }
@@ -95,6 +97,10 @@ pub enum Op {
     CancelAccept,
     /// Multishot receive into buffers of the provided-buffer group.
     Recv { key: Key, fd: u32, group: u16 },
+    /// Cancels a connection's multishot receive (reading pauses: backpressure, memory budget).
+    /// It names the receive by its `user_data`, so one for a slot since reused matches nothing
+    /// (the generation differs); it points at no memory and is not counted in the slot's ops.
+    CancelRecv { key: Key },
     /// One send of a contiguous buffer.
     Send {
         key: Key,
@@ -165,6 +171,9 @@ impl Op {
             Op::Recv { key, fd, group } => opcode::RecvMulti::new(types::Fixed(fd), group)
                 .build()
                 .user_data(user_data(Tag::Recv, key)),
+            Op::CancelRecv { key } => opcode::AsyncCancel::new(user_data(Tag::Recv, key))
+                .build()
+                .user_data(user_data(Tag::CancelRecv, key)),
             Op::Send { key, fd, buf, len } => opcode::Send::new(types::Fixed(fd), buf, len)
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
@@ -238,7 +247,7 @@ pub enum Received {
     NoBuffers,
     /// The peer reset the connection, or it broke (ECONNRESET, EPIPE, ETIMEDOUT…).
     Reset,
-    /// Cancelled by us.
+    /// Cancelled by us (reading paused): not an end of input.
     Canceled,
 }
 
@@ -288,6 +297,7 @@ pub enum Event {
     },
     Wake,
     CancelAccept,
+    CancelRecv,
 }
 
 /// A raw completion, copied out of the CQ so that the loop runs it later (no recursion).
@@ -378,6 +388,9 @@ impl Completion {
             Tag::Wake => Event::Wake,
             // ENOENT/EALREADY (accept already finished) and success are the same to us.
             Tag::CancelAccept => Event::CancelAccept,
+            // ENOENT (the receive had already ended) and success are the same: the receive's
+            // own last completion says when it stopped.
+            Tag::CancelRecv => Event::CancelRecv,
         })
     }
 }

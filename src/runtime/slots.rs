@@ -69,6 +69,11 @@ pub mod flag {
     pub const FORCED: u16 = 1 << 12;
     /// The shutdown(SHUT_WR) completed.
     pub const SHUT_DONE: u16 = 1 << 13;
+    /// Reading is paused (queued output past the high mark): the receive is not re-armed, and
+    /// a cancelled one is no end of input (`budget.rs`).
+    pub const RECV_PAUSED: u16 = 1 << 14;
+    /// Reading is paused for the memory budget (the worker's list has the slot, `budget.rs`).
+    pub const BUDGET_HOLD: u16 = 1 << 15;
 }
 
 /// Everything about a connection besides its protocol core.
@@ -85,6 +90,9 @@ pub struct ConnState {
     pub close_code: u16,
     /// permessage-deflate: the window (8–15) our compressed frames may use; 0 if not agreed.
     pub deflate_bits: u8,
+    /// Bytes this slot has accounted against the memory budget (`budget.rs`), as of when it was
+    /// last settled.
+    pub held_bytes: u32,
     pub timer: Option<TimerId>,
     pub last_recv_ms: u64,
     pub close_reason: Option<Box<str>>,
@@ -161,6 +169,7 @@ impl Slots {
             ops: 0,
             close_code: crate::proto::error::close_code::ABNORMAL,
             deflate_bits: 0,
+            held_bytes: 0,
             timer: None,
             last_recv_ms: now_ms,
             close_reason: None,

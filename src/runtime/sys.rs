@@ -235,3 +235,14 @@ pub fn now_ms() -> u64 {
     let _ = syscall!(clock_gettime(libc::CLOCK_MONOTONIC, &mut ts));
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
+
+/// Gives the allocator's free memory back to the kernel (glibc `malloc_trim(0)`: every arena,
+/// including free pages inside them). Elsewhere it does nothing. Called after a burst, at most
+/// once per `budget::TRIM_INTERVAL_MS` (`budget.rs`), never on the hot path.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; glibc locks each arena while it trims it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

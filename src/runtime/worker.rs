@@ -17,6 +17,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
+use super::budget::Turn;
 use super::buffers::{RecvPool, SendArena, SendOp, SendPool, SendQueue};
 use super::ring::{Accepted, Completion, Event, Key, Op, Received, Ring, Sent};
 use super::slots::{ConnState, Phase, Slot, Slots, TimerKind, flag};
@@ -104,6 +105,8 @@ struct Shared {
     deflate_bytes_min: usize,
     /// TLS: the plaintext of one receive buffer, parsed in place by the core (reused).
     tls_plain: Vec<u8>,
+    /// Reading less when queued output is high (`budget.rs`).
+    mem: super::budget::Memory,
 }
 
 impl Shared {
@@ -208,15 +211,18 @@ impl Ctx<'_> {
         self.push_control(frame);
     }
 
-    /// Backpressure check for a data message of `len` bytes.
-    fn admit(&mut self, len: usize) -> bool {
+    /// Backpressure check for a data message of `len` bytes. `own`: sent by the handler
+    /// through this connection (e.g. an echo from `on_message`), which reading less bounds
+    /// (`budget.rs`), so only the other sources (broadcasts, publishes, sends from other
+    /// connections) meet `send_queue_bytes_max`.
+    fn admit(&mut self, len: usize, own: bool) -> bool {
         let blocked = flag::CLOSE_SENT | flag::OVERFLOW | flag::SEND_DEAD;
         if !self.can_send || self.st.has(blocked) || self.st.phase != Phase::Open {
             return false;
         }
         let queued = self.st.queued_bytes();
         let max = self.sh.send_queue_bytes_max;
-        if queued + len > max {
+        if queued + len > max && !own {
             self.overflow(queued);
             return false;
         }
@@ -254,7 +260,7 @@ impl Ctx<'_> {
     fn push_shared(&mut self, frame: &Frame) -> bool {
         let frame = frame.for_window(self.st.deflate_bits);
         let compressed = frame.first().is_some_and(|b| (b >> 4) & frame::RSV1 != 0);
-        if !self.admit(frame.len()) {
+        if !self.admit(frame.len(), false) {
             return false;
         }
         if compressed {
@@ -287,7 +293,7 @@ impl Ctx<'_> {
     fn push_message(&mut self, opcode: OpCode, rsv: u8, payload: &[u8]) -> bool {
         let mut hdr = [0u8; HEADER_BYTES_MAX];
         let n = frame::encode_header(&mut hdr, true, rsv, opcode, payload.len() as u64, None);
-        if !self.admit(n + payload.len()) {
+        if !self.admit(n + payload.len(), true) {
             return false;
         }
         self.queue().push_own(&[&hdr[..n], payload]);
@@ -854,14 +860,16 @@ impl<H: Handler> Engine<H> {
         let st = &mut slot.st;
         match result {
             Received::Data { .. } => {}
-            Received::Eof | Received::Canceled => st.set(flag::PEER_DONE),
+            Received::Eof => st.set(flag::PEER_DONE),
+            // Only a pause cancels a receive (budget.rs): input is not over.
+            Received::Canceled => {}
             Received::Reset => st.set(flag::PEER_DONE | flag::SEND_DEAD),
             Received::NoBuffers => {}
         }
         if !more {
             st.ops -= 1;
             st.clear(flag::RECV_ARMED);
-            if !st.has(flag::PEER_DONE) && st.phase != Phase::Closed {
+            if !st.has(flag::PEER_DONE | flag::RECV_PAUSED) && st.phase != Phase::Closed {
                 st.set(flag::RECV_REARM);
             }
         }
@@ -1217,6 +1225,7 @@ impl<H: Handler> Engine<H> {
 
     fn free(&mut self, key: Key) {
         let mut slot = self.slots.remove(key);
+        self.sh.mem.forget(&mut slot.st);
         dec(&self.sh.metrics.slab_slots);
         for topic in slot
             .st
@@ -1306,6 +1315,10 @@ impl<H: Handler> Engine<H> {
         };
         let st = &mut slot.st;
         st.clear(flag::DIRTY);
+        let held = slot.core.heap_bytes() + st.spill.as_ref().map_or(0, |v| v.capacity());
+        if let Some(cancel) = self.sh.mem.pace(key, st, held) {
+            self.sh.ops.push(cancel);
+        }
         if st.has(flag::RECV_REARM) && st.phase != Phase::Closed && !st.has(flag::PEER_DONE) {
             st.clear(flag::RECV_REARM);
             st.set(flag::RECV_ARMED);
@@ -1515,6 +1528,87 @@ impl<H: Handler> Engine<H> {
             self.dirty = dirty;
         }
         self.arm_accept();
+        self.budget_turn();
+    }
+
+    /// Once per turn: the memory budget (`budget.rs`) may release paused connections or shed the
+    /// largest (the slots it touches are settled next turn).
+    fn budget_turn(&mut self) {
+        let sh = &mut self.sh;
+        let pools = sh.gather_pool.iter().map(Vec::capacity).sum::<usize>()
+            + sh.deflate_out.capacity()
+            + sh.inflater
+                .as_ref()
+                .map_or(0, |_| connection::INFLATER_HEAP_BYTES);
+        sh.mem.pools(pools);
+        match sh.mem.turn(self.now_ms) {
+            Turn::Calm => {}
+            Turn::Release(keys) => {
+                for key in keys {
+                    if let Some(slot) = self.slots.get(key) {
+                        slot.st.clear(flag::BUDGET_HOLD);
+                        self.sh.touch(key, &mut slot.st);
+                    }
+                }
+            }
+            Turn::Shed(bytes) => self.shed(bytes),
+        }
+        if self.sh.mem.trim_due(self.now_ms) {
+            self.give_back_memory();
+        }
+    }
+
+    /// After a burst: the pools kept for reuse are emptied and the allocator gives its free
+    /// memory back to the kernel (`budget.rs`, memory that returns).
+    fn give_back_memory(&mut self) {
+        let sh = &mut self.sh;
+        sh.gather_pool = Vec::new();
+        sh.deflate_out = Vec::new();
+        sh.pool.trim();
+        sys::release_free_memory();
+    }
+
+    /// Closes the open connections that hold the most, largest first, until `bytes` are freed:
+    /// their queued output is dropped and Close 1013 queued, with the grace to leave; one with a
+    /// send in flight (a peer that does not read) is ended at once, so that its batch is freed
+    /// too.
+    fn shed(&mut self, bytes: u64) {
+        let mut keys = std::mem::take(&mut self.keys);
+        self.slots.keys(&mut keys);
+        let mut big: Vec<(u64, Key)> = keys
+            .iter()
+            .filter_map(|&k| {
+                let Slot { core, st } = self.slots.get(k)?;
+                let n = u64::from(st.held_bytes).max(st.queued_bytes() as u64);
+                let open = st.phase == Phase::Open && core.state() == State::Open;
+                (open && n > 0).then_some((n, k))
+            })
+            .collect();
+        self.keys = keys;
+        big.sort_unstable_by_key(|&(n, _)| std::cmp::Reverse(n));
+        let mut freed = 0;
+        for (n, key) in big {
+            if freed >= bytes {
+                break;
+            }
+            freed += n;
+            self.sh.mem.shed_one();
+            let Some(slot) = self.slots.get(key) else {
+                continue;
+            };
+            let in_flight = slot.st.send.as_mut().is_some_and(|q| {
+                q.discard_queued();
+                q.in_flight()
+            });
+            let reason = "memory budget exceeded";
+            self.close_ws(key, close_code::TRY_AGAIN_LATER, reason);
+            if in_flight {
+                self.force_close(key);
+            } else {
+                let due = self.now_ms + self.cfg.memory_budget_grace_ms;
+                self.arm(key, TimerKind::Close, due);
+            }
+        }
     }
 
     /// Keeps one accept armed: multishot while the fixed-file table has room for a whole
@@ -1551,7 +1645,8 @@ impl<H: Handler> Engine<H> {
             }
         });
         let retry = (self.accept.retry_at_ms > self.now_ms).then_some(self.accept.retry_at_ms);
-        let next = [self.wheel.next_deadline_ms(), stop, retry]
+        let trim = self.sh.mem.deadline_ms();
+        let next = [self.wheel.next_deadline_ms(), stop, retry, trim]
             .into_iter()
             .flatten()
             .min();
@@ -1657,6 +1752,8 @@ impl<H: Handler> Worker<H> {
             cfg.recv_buffer_bytes,
         )?;
         let now_ms = sys::now_ms();
+        let budget = setup.publisher.memory().clone();
+        let mem = super::budget::Memory::new(&cfg, setup.metrics.clone(), budget);
         let sh = Shared {
             worker: setup.id,
             ops: Vec::new(),
@@ -1677,6 +1774,7 @@ impl<H: Handler> Worker<H> {
             deflate_level: cfg.deflate_level,
             deflate_bytes_min: cfg.deflate_compress_bytes_min,
             tls_plain: Vec::new(),
+            mem,
         };
         let eng = Engine {
             limits: Limits::from_config(&cfg),
@@ -1779,7 +1877,7 @@ impl<H: Handler> Worker<H> {
             Event::Shutdown { key } => self.eng.on_shutdown_done(key),
             Event::Close { key } => self.eng.on_close_done(key),
             Event::Wake => self.on_wake(),
-            Event::CancelAccept => {}
+            Event::CancelAccept | Event::CancelRecv => {}
         }
     }
 

@@ -308,3 +308,41 @@ pub fn worker_cpu_ticks() -> u64 {
         })
         .sum()
 }
+
+/// Shrinks a socket's kernel buffer (`SO_RCVBUF` or `SO_SNDBUF`), so that a peer that stops
+/// reading or writing blocks after a few KiB instead of after the MiBs loopback autotunes to.
+pub fn sock_buf(s: &TcpStream, which: libc::c_int, bytes: libc::c_int) {
+    // SAFETY: a valid socket descriptor and a correctly sized, initialized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            which,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", io::Error::last_os_error());
+}
+
+/// Reads one whole unmasked server frame: (first byte, payload).
+pub fn read_frame(s: &mut TcpStream) -> io::Result<(u8, Vec<u8>)> {
+    let mut hdr = [0u8; 2];
+    s.read_exact(&mut hdr)?;
+    let len = match hdr[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b)?;
+            u64::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b)?;
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; len as usize];
+    s.read_exact(&mut payload)?;
+    Ok((hdr[0], payload))
+}

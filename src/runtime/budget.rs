@@ -1,0 +1,498 @@
+//! What a worker does so that no peer can make the server hold unbounded memory: it reads less.
+//!
+//! When a connection's queued output passes `send_queue_high_bytes`, the worker stops reading
+//! from it: its multishot receive is cancelled (`Op::CancelRecv`), and not re-armed while paused.
+//! The kernel's receive buffer then fills, TCP's window closes, and the peer's sends block: the
+//! server buffers nothing more for it. Once the queue is below `send_queue_low_bytes`, the
+//! receive is armed again. Completions already on their way when the cancel goes out are still
+//! parsed (at most a few receive buffers), so the queue passes the high mark by at most a few
+//! messages' worth of what the handler sends for them.
+//!
+//! The hook is one call per settled slot ([`Memory::pace`]); the decision is a pure function of
+//! the slot's state ([`reads`]), tested on its own.
+//!
+//! **The memory budget.** One [`MemoryBudget`] per server counts the bytes the engine buffers:
+//! every connection's send queue (its own copied bytes, by capacity), reassembly and handshake
+//! spill (`ConnState::held_bytes`, updated when the slot is settled), each worker's pools
+//! (reassembly and inflate-output buffers kept for reuse, the compressor's output), and every
+//! shared frame once, from its encoding until its last reference drops ([`counted`]). Workers
+//! add their changes to one atomic once per loop turn, not per byte. Past the budget, reading
+//! pauses (from 3/4 of it, leaving room for what is on its way and the allocator's slack) on
+//! every connection the worker settles that holds more than one receive buffer
+//! (`recv_buffer_bytes`; so no large new input is buffered, while clients that read their
+//! answers are still served); once the use falls below 5/8 of the budget they are read again. If it is still past the budget after
+//! `memory_budget_grace_ms`, each worker closes its connections that hold the most, largest
+//! first, with 1013 (try again later), until it has freed its share of the excess over 5/8.
+//! The fixed buffers (receive ring, registered send buffers) count too.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use bytes::Bytes;
+
+use super::ring::{Key, Op};
+use super::slots::{ConnState, Phase, flag};
+use crate::config::Config;
+use crate::metrics::{WorkerMetrics, add, dec};
+
+/// What to do with a connection's receive at the end of a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reads {
+    /// Leave it as it is.
+    Keep,
+    /// Stop reading: cancel the armed receive, do not re-arm.
+    Pause,
+    /// Read again: re-arm the receive if it is not armed.
+    Resume,
+}
+
+/// The high- and low-water marks of a connection's queued output.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Marks {
+    pub high_bytes: usize,
+    pub low_bytes: usize,
+}
+
+impl Marks {
+    pub(crate) fn from_config(cfg: &Config) -> Marks {
+        Marks {
+            high_bytes: cfg.send_queue_high_bytes,
+            low_bytes: cfg.send_queue_low_bytes,
+        }
+    }
+}
+
+/// The decision for one connection with `queued` bytes of output. Only an Open connection whose
+/// peer may still send is paused (past the high mark, or held for the memory budget); any other
+/// is read (a Closing connection reads to EOF).
+pub(crate) fn reads(phase: Phase, flags: u16, queued: usize, marks: Marks) -> Reads {
+    let paused = flags & flag::RECV_PAUSED != 0;
+    let readable = phase == Phase::Open && flags & flag::PEER_DONE == 0;
+    let budget = flags & flag::BUDGET_HOLD != 0;
+    let want_paused =
+        readable && (budget || queued > marks.high_bytes || (paused && queued >= marks.low_bytes));
+    match (paused, want_paused) {
+        (false, true) => Reads::Pause,
+        (true, false) => Reads::Resume,
+        _ => Reads::Keep,
+    }
+}
+
+/// The process's (one server's) memory budget and what the workers have accounted against it.
+pub struct MemoryBudget {
+    budget_bytes: u64,
+    used_bytes: AtomicI64,
+    /// Connections closed with 1013 because the budget stayed exceeded.
+    closes: AtomicU64,
+}
+
+impl MemoryBudget {
+    /// A budget of `budget_bytes`.
+    pub fn new(budget_bytes: u64) -> MemoryBudget {
+        MemoryBudget {
+            budget_bytes,
+            used_bytes: AtomicI64::new(0),
+            closes: AtomicU64::new(0),
+        }
+    }
+
+    /// The budget of `cfg`: `memory_budget_bytes`, or with 0 half of the machine's memory
+    /// (`MemTotal` in /proc/meminfo, read once here; 1 GiB if it cannot be read).
+    pub fn for_config(cfg: &Config) -> MemoryBudget {
+        let auto = || mem_total_bytes().map_or(1 << 30, |total| total / 2);
+        MemoryBudget::new(match cfg.memory_budget_bytes {
+            0 => auto(),
+            n => n,
+        })
+    }
+
+    pub fn budget_bytes(&self) -> u64 {
+        self.budget_bytes
+    }
+
+    /// Bytes accounted now (as of the workers' last loop turns).
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Relaxed).max(0) as u64
+    }
+
+    pub fn closes(&self) -> u64 {
+        self.closes.load(Relaxed)
+    }
+
+    fn add(&self, delta: i64) {
+        if delta != 0 {
+            self.used_bytes.fetch_add(delta, Relaxed);
+        }
+    }
+}
+
+/// Reading pauses past this share of the budget...
+fn pause_mark(budget: u64) -> i64 {
+    (budget / 4 * 3) as i64
+}
+
+/// ...and resumes below this one; the largest holders are closed if the use stays past the
+/// budget itself, until it is back under this.
+fn resume_mark(budget: u64) -> i64 {
+    (budget / 8 * 5) as i64
+}
+
+/// `MemTotal` of /proc/meminfo, in bytes.
+fn mem_total_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The bytes of a shared frame, counted against the budget once, from now until the last
+/// connection that holds it has sent it.
+pub(crate) fn counted(bytes: Vec<u8>, budget: &Arc<MemoryBudget>) -> Bytes {
+    let n = bytes.capacity() as i64;
+    budget.add(n);
+    Bytes::from_owner(Counted {
+        bytes,
+        budget: budget.clone(),
+        n,
+    })
+}
+
+struct Counted {
+    bytes: Vec<u8>,
+    budget: Arc<MemoryBudget>,
+    n: i64,
+}
+
+impl AsRef<[u8]> for Counted {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.budget.add(-self.n);
+    }
+}
+
+/// What the worker must do about the budget this turn.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// Nothing.
+    Calm,
+    /// The use is back under the resume mark: read these connections again.
+    Release(Vec<Key>),
+    /// Still over the budget after the grace: close connections holding at least this many
+    /// bytes in total, largest first.
+    Shed(u64),
+}
+
+/// One worker's memory bounds.
+pub(crate) struct Memory {
+    marks: Marks,
+    metrics: Arc<WorkerMetrics>,
+    budget: Arc<MemoryBudget>,
+    grace_ms: u64,
+    /// Over the budget, a connection holding at most this (one receive buffer) keeps reading.
+    small_bytes: usize,
+    /// The worker's receive ring and registered send buffers, allocated once.
+    fixed_bytes: usize,
+    /// Changes not yet added to the shared count (flushed once per turn).
+    pending: i64,
+    /// This worker's share of the use: its slots' `held_bytes` and its pools.
+    local: i64,
+    pools: i64,
+    /// Connections paused for the budget (flag `BUDGET_HOLD`).
+    held: Vec<Key>,
+    /// Since when the use has been over the budget, and when connections were last shed.
+    over_since_ms: Option<u64>,
+    shed_at_ms: u64,
+    /// The most this worker held since its memory was last given back, and when it is due to
+    /// be given back again.
+    peak: i64,
+    trim_at_ms: Option<u64>,
+    trimmed_ms: u64,
+}
+
+/// A worker whose use fell by this much since its peak gives its free memory back...
+const TRIM_DROP_BYTES: i64 = 8 << 20;
+/// ...this long after the fall was seen (a burst usually ends in several turns)...
+const TRIM_DELAY_MS: u64 = 200;
+/// ...and at most this often.
+pub(crate) const TRIM_INTERVAL_MS: u64 = 1000;
+
+impl Memory {
+    pub(crate) fn new(
+        cfg: &Config,
+        metrics: Arc<WorkerMetrics>,
+        budget: Arc<MemoryBudget>,
+    ) -> Memory {
+        Memory {
+            marks: Marks::from_config(cfg),
+            metrics,
+            budget,
+            grace_ms: cfg.memory_budget_grace_ms,
+            small_bytes: cfg.recv_buffer_bytes as usize,
+            fixed_bytes: usize::from(cfg.recv_buffers_per_worker) * cfg.recv_buffer_bytes as usize
+                + usize::from(cfg.send_buffers_per_worker)
+                    * (cfg.send_buffer_bytes as usize + crate::proto::frame::HEADER_BYTES_MAX),
+            pending: 0,
+            local: 0,
+            pools: 0,
+            held: Vec::new(),
+            over_since_ms: None,
+            shed_at_ms: 0,
+            peak: 0,
+            trim_at_ms: None,
+            trimmed_ms: 0,
+        }
+    }
+
+    fn used(&self) -> i64 {
+        self.budget.used_bytes.load(Relaxed) + self.pending
+    }
+
+    /// Past the pause mark (3/4 of the budget): new reads pause. The quarter left is for what
+    /// is already on its way (receives completed before the pause took effect) and for the
+    /// allocator's own slack, so that the process stays within the budget.
+    fn over(&self) -> bool {
+        self.used() > pause_mark(self.budget.budget_bytes)
+    }
+
+    /// Accounts a slot's buffered bytes (`held`: its queue, core and spill) once it is settled.
+    fn account(&mut self, st: &mut ConnState, held: usize) {
+        let held = u32::try_from(held).unwrap_or(u32::MAX);
+        let delta = i64::from(held) - i64::from(st.held_bytes);
+        st.held_bytes = held;
+        self.pending += delta;
+        self.local += delta;
+    }
+
+    /// A slot leaves: whatever it still had accounted goes.
+    pub(crate) fn forget(&mut self, st: &mut ConnState) {
+        self.account(st, 0);
+    }
+
+    /// The worker's pools now hold `bytes` (besides its fixed buffers).
+    pub(crate) fn pools(&mut self, bytes: usize) {
+        let bytes = bytes + self.fixed_bytes;
+        let delta = bytes as i64 - self.pools;
+        self.pools = bytes as i64;
+        self.pending += delta;
+        self.local += delta;
+    }
+
+    /// Once per loop turn: publishes this turn's changes and says what the budget asks for.
+    pub(crate) fn turn(&mut self, now_ms: u64) -> Turn {
+        self.budget.add(std::mem::take(&mut self.pending));
+        let used = self.used();
+        let budget = self.budget.budget_bytes as i64;
+        if used <= budget {
+            self.over_since_ms = None;
+        } else if self.over_since_ms.is_none() {
+            self.over_since_ms = Some(now_ms);
+        }
+        if used < resume_mark(self.budget.budget_bytes) && !self.held.is_empty() {
+            return Turn::Release(std::mem::take(&mut self.held));
+        }
+        let Some(since) = self.over_since_ms else {
+            return Turn::Calm;
+        };
+        if now_ms < since + self.grace_ms || now_ms < self.shed_at_ms + self.grace_ms {
+            return Turn::Calm;
+        }
+        self.shed_at_ms = now_ms;
+        // This worker's share of what must go to get back under the resume mark.
+        let excess = used - resume_mark(self.budget.budget_bytes);
+        let share = excess as i128 * i128::from(self.local.max(0)) / i128::from(used.max(1));
+        Turn::Shed(share.max(1) as u64)
+    }
+
+    /// Whether the worker should give its free memory back now (pools shrunk, then the
+    /// allocator trimmed: `sys::release_free_memory`). After a burst the use falls, and glibc
+    /// keeps what was freed (its heaps are fragmented, and after large frees its mmap threshold
+    /// has grown so that later large buffers come from the heap too): trimming once the fall is
+    /// seen is what brings RSS back (docs/ARCHITECTURE.md, memory that returns).
+    pub(crate) fn trim_due(&mut self, now_ms: u64) -> bool {
+        self.peak = self.peak.max(self.local);
+        if self.trim_at_ms.is_none() && self.peak - self.local >= TRIM_DROP_BYTES {
+            let at = (now_ms + TRIM_DELAY_MS).max(self.trimmed_ms + TRIM_INTERVAL_MS);
+            self.trim_at_ms = Some(at);
+        }
+        match self.trim_at_ms {
+            Some(at) if now_ms >= at => {
+                self.trim_at_ms = None;
+                self.peak = self.local;
+                self.trimmed_ms = now_ms;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// When the loop must wake for a trim (it may be idle by then).
+    pub(crate) fn deadline_ms(&self) -> Option<u64> {
+        self.trim_at_ms
+    }
+
+    /// Counts a connection closed for the budget.
+    pub(crate) fn shed_one(&self) {
+        self.budget.closes.fetch_add(1, Relaxed);
+    }
+
+    /// Called once per settled slot, before its receive is re-armed: accounts what it holds
+    /// (`held` bytes besides its queue), pauses or resumes its reads. Returns the cancel to
+    /// submit when an armed receive must stop. Over the budget, only connections that hold more
+    /// than one receive buffer are paused: one that holds less (a client that reads its answers)
+    /// adds little by reading, and keeps being served.
+    pub(crate) fn pace(&mut self, key: Key, st: &mut ConnState, held: usize) -> Option<Op> {
+        let queued = st.queued_bytes();
+        let queue_heap = st.send.as_ref().map_or(0, |q| q.heap_bytes());
+        self.account(st, held + queue_heap);
+        let holds = queued.max(st.held_bytes as usize) > self.small_bytes;
+        if holds && self.over() && st.phase == Phase::Open && !st.has(flag::BUDGET_HOLD) {
+            st.set(flag::BUDGET_HOLD);
+            self.held.push(key);
+        }
+        match reads(st.phase, st.flags, queued, self.marks) {
+            Reads::Keep => None,
+            Reads::Pause => {
+                st.set(flag::RECV_PAUSED);
+                st.clear(flag::RECV_REARM);
+                add(&self.metrics.reads_paused, 1);
+                add(&self.metrics.reads_pauses, 1);
+                st.has(flag::RECV_ARMED).then_some(Op::CancelRecv { key })
+            }
+            Reads::Resume => {
+                st.clear(flag::RECV_PAUSED);
+                dec(&self.metrics.reads_paused);
+                // An armed receive (its cancel not yet done) re-arms itself when it ends.
+                if !st.has(flag::RECV_ARMED) {
+                    st.set(flag::RECV_REARM);
+                }
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MARKS: Marks = Marks {
+        high_bytes: 1000,
+        low_bytes: 100,
+    };
+
+    #[test]
+    fn pauses_past_the_high_mark_and_resumes_below_the_low_mark() {
+        let open = Phase::Open;
+        assert_eq!(reads(open, 0, 1000, MARKS), Reads::Keep);
+        assert_eq!(reads(open, 0, 1001, MARKS), Reads::Pause);
+        let paused = flag::RECV_PAUSED;
+        // Between the marks a paused connection stays paused, a reading one keeps reading.
+        assert_eq!(reads(open, paused, 500, MARKS), Reads::Keep);
+        assert_eq!(reads(open, 0, 500, MARKS), Reads::Keep);
+        assert_eq!(reads(open, paused, 100, MARKS), Reads::Keep);
+        assert_eq!(reads(open, paused, 99, MARKS), Reads::Resume);
+    }
+
+    #[test]
+    fn only_an_open_connection_with_input_to_come_is_paused() {
+        for phase in [Phase::Handshaking, Phase::Closing, Phase::Closed] {
+            assert_eq!(reads(phase, 0, 1 << 20, MARKS), Reads::Keep);
+            // A Closing connection reads to EOF: a pause from its Open days ends.
+            assert_eq!(
+                reads(phase, flag::RECV_PAUSED, 1 << 20, MARKS),
+                Reads::Resume
+            );
+        }
+        let done = flag::PEER_DONE | flag::RECV_PAUSED;
+        assert_eq!(reads(Phase::Open, done, 1 << 20, MARKS), Reads::Resume);
+    }
+
+    #[test]
+    fn a_connection_held_for_the_budget_is_paused_whatever_its_queue() {
+        let held = flag::BUDGET_HOLD;
+        assert_eq!(reads(Phase::Open, held, 0, MARKS), Reads::Pause);
+        assert_eq!(
+            reads(Phase::Open, held | flag::RECV_PAUSED, 0, MARKS),
+            Reads::Keep
+        );
+        assert_eq!(
+            reads(Phase::Open, flag::RECV_PAUSED, 0, MARKS),
+            Reads::Resume
+        );
+        assert_eq!(reads(Phase::Closing, held, 0, MARKS), Reads::Keep);
+    }
+
+    fn memory(budget: u64) -> Memory {
+        let cfg = Config {
+            memory_budget_grace_ms: 100,
+            recv_buffers_per_worker: 0,
+            send_buffers_per_worker: 0,
+            ..Config::default()
+        };
+        let budget = Arc::new(MemoryBudget::new(budget));
+        Memory::new(&cfg, Arc::default(), budget)
+    }
+
+    #[test]
+    fn over_the_budget_past_the_grace_sheds_then_releases_under_the_resume_mark() {
+        let mut m = memory(800);
+        m.pools(700);
+        assert_eq!(m.turn(0), Turn::Calm);
+        assert_eq!(m.budget.used_bytes(), 700);
+        m.pools(1000);
+        m.held.push(Key {
+            index: 1,
+            generation: 1,
+        });
+        // Over: nothing shed before the grace, then this worker's whole share of the excess
+        // over the resume mark (5/8 of 800 = 500): all the use is this worker's.
+        assert_eq!(m.turn(1000), Turn::Calm);
+        assert_eq!(m.turn(1099), Turn::Calm);
+        assert_eq!(m.turn(1100), Turn::Shed(500));
+        // Not again within the grace.
+        assert_eq!(m.turn(1150), Turn::Calm);
+        m.pools(400);
+        assert!(matches!(m.turn(1160), Turn::Release(keys) if keys.len() == 1));
+        assert_eq!(m.turn(1170), Turn::Calm);
+    }
+
+    #[test]
+    fn a_fall_from_the_peak_is_trimmed_after_a_delay_and_not_too_often() {
+        let mut m = memory(1 << 40);
+        let t = 10_000; // well past the start: the first trim is not held back by the interval
+        m.local = 100 << 20;
+        assert!(!m.trim_due(t));
+        m.local = 95 << 20;
+        assert!(!m.trim_due(t + 10), "a small fall is no burst's end");
+        m.local = 10 << 20;
+        assert!(!m.trim_due(t + 20));
+        assert_eq!(m.deadline_ms(), Some(t + 20 + TRIM_DELAY_MS));
+        assert!(m.trim_due(t + 20 + TRIM_DELAY_MS));
+        assert_eq!(m.deadline_ms(), None);
+        // Another burst right after: its trim waits for the interval.
+        m.local = 50 << 20;
+        assert!(!m.trim_due(t + 300));
+        m.local = 0;
+        assert!(!m.trim_due(t + 310));
+        let next = t + 20 + TRIM_DELAY_MS + TRIM_INTERVAL_MS;
+        assert_eq!(m.deadline_ms(), Some(next));
+    }
+
+    #[test]
+    fn a_shared_frame_is_counted_until_its_last_reference_drops() {
+        let budget = Arc::new(MemoryBudget::new(1 << 20));
+        let frame = counted(vec![7u8; 1000], &budget);
+        let copy = frame.clone();
+        assert!(budget.used_bytes() >= 1000);
+        drop(frame);
+        assert!(budget.used_bytes() >= 1000);
+        assert_eq!(&copy[..3], &[7, 7, 7]);
+        drop(copy);
+        assert_eq!(budget.used_bytes(), 0);
+    }
+}

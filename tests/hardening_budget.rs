@@ -1,0 +1,203 @@
+//! The memory budget (#16): 1,000 clients that never read, each sending large messages as fast
+//! as it can, against `ringws serve --memory-budget-bytes 256 MiB`. The server's RSS stays
+//! within the budget (with 16 MiB messages not yet: see that test), a well-behaved client
+//! beside them still gets its echoes (a liveness bound, not a timing claim), and the memory
+//! returns once they leave.
+//!
+//! The server runs as a child process so that its RSS is its own; the 1,000 clients share one
+//! pre-built frame (masked with a zero key, so the frame is the same for all) and two threads.
+mod common;
+#[path = "common/hostile.rs"]
+mod hostile;
+
+use std::io::{ErrorKind, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use common::Client;
+use hostile::{eventually, metrics, raw_frame, raw_upgrade, spawn_server};
+
+const BUDGET_BYTES: u64 = 256 << 20;
+const CLIENTS: usize = 1000;
+/// How long the non-readers send.
+const FLOOD: Duration = Duration::from_secs(6);
+/// The liveness bound on one echo for the well-behaved client.
+const ECHO_WITHIN: Duration = Duration::from_secs(5);
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    kib * 1024
+}
+
+/// Writes `frame` over and over on every socket, without ever reading, until `stop`.
+fn flood(socks: Vec<TcpStream>, frame: Arc<Vec<u8>>, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
+    let mut at = vec![0usize; socks.len()];
+    let mut alive = vec![true; socks.len()];
+    while !stop.load(Relaxed) {
+        let mut progress = false;
+        for (i, mut s) in socks.iter().enumerate() {
+            if !alive[i] {
+                continue;
+            }
+            match s.write(&frame[at[i]..]) {
+                Ok(n) => {
+                    progress = true;
+                    sent.fetch_add(n as u64, Relaxed);
+                    at[i] = (at[i] + n) % frame.len();
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                // Closed by the server (1013, reset): that client is done.
+                Err(_) => alive[i] = false,
+            }
+        }
+        if !progress {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// One echo round trip; the time it took.
+fn echo(c: &mut Client, n: u32) -> Duration {
+    let t = Instant::now();
+    c.send_text(&format!("ping {n}")).unwrap();
+    match c.recv().unwrap() {
+        common::Event::Text(t) => assert_eq!(t, format!("ping {n}")),
+        other => panic!("well-behaved client got {other:?}"),
+    }
+    t.elapsed()
+}
+
+/// Kills the server child however the test ends.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `rss_bound`: the most the server's RSS may reach.
+fn budget_holds(payload_bytes: usize, rss_bound: u64) {
+    let budget = BUDGET_BYTES.to_string();
+    let (child, addr) = spawn_server(&[
+        "--workers",
+        "1",
+        "--memory-budget-bytes",
+        &budget,
+        "--close-timeout-ms",
+        "2000",
+    ]);
+    let pid = child.id();
+    let _reap = Reap(child);
+    let mut good = Client::connect(addr).unwrap();
+    good.stream.set_read_timeout(Some(ECHO_WITHIN)).unwrap();
+    // Warm-up: 32 MiB of echoes touch the worker's whole ring of receive buffers (16 MiB,
+    // allocated lazily) and its pools, so that the steady state is a server that has worked.
+    let mib = vec![7u8; 1 << 20];
+    for _ in 0..32 {
+        good.send_binary(&mib).unwrap();
+        assert!(matches!(good.recv().unwrap(), common::Event::Binary(b) if b.len() == mib.len()));
+    }
+    echo(&mut good, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    let steady = rss_bytes(pid);
+
+    let frame = Arc::new(raw_frame(0x82, &vec![0x5a; payload_bytes], Some([0; 4])));
+    let mut socks = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let s = raw_upgrade(addr).unwrap();
+        s.set_nonblocking(true).unwrap();
+        socks.push(s);
+    }
+    let (stop, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let half = socks.split_off(CLIENTS / 2);
+    let threads: Vec<_> = [socks, half]
+        .into_iter()
+        .map(|part| {
+            let (frame, stop, sent) = (frame.clone(), stop.clone(), sent.clone());
+            std::thread::spawn(move || flood(part, frame, stop, sent))
+        })
+        .collect();
+
+    let start = Instant::now();
+    let (mut rss_max, mut echo_max, mut n) = (0u64, Duration::ZERO, 1);
+    while start.elapsed() < FLOOD {
+        rss_max = rss_max.max(rss_bytes(pid));
+        echo_max = echo_max.max(echo(&mut good, n));
+        n += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = metrics(addr);
+    stop.store(true, Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let sent_mib = sent.load(Relaxed) >> 20;
+    eprintln!(
+        "{payload_bytes} B messages: clients sent {sent_mib} MiB; server RSS {} MiB steady, \
+         {} MiB max (budget {} MiB); used {} MiB at the end of the flood; {} closes 1013, \
+         {} read pauses; {} echoes, slowest {echo_max:?}",
+        steady >> 20,
+        rss_max >> 20,
+        BUDGET_BYTES >> 20,
+        m["ringws_memory_used_bytes"] >> 20,
+        m["ringws_memory_budget_closes_total"],
+        m["ringws_reads_pauses_total"],
+        n - 1,
+    );
+    assert!(
+        rss_max <= rss_bound,
+        "server RSS reached {} MiB, past {} MiB",
+        rss_max >> 20,
+        rss_bound >> 20
+    );
+    assert!(
+        sent_mib > BUDGET_BYTES >> 20,
+        "the clients sent too little to test the budget"
+    );
+    assert_eq!(m["ringws_memory_budget_bytes"], BUDGET_BYTES);
+
+    // They leave: the memory returns, within 1.25x of the steady state, in 10 s.
+    let returned = eventually(Duration::from_secs(10), || rss_bytes(pid) * 4 <= steady * 5);
+    let after = rss_bytes(pid);
+    eprintln!(
+        "after they left: RSS {} MiB (steady {} MiB)",
+        after >> 20,
+        steady >> 20
+    );
+    assert!(
+        returned,
+        "RSS {} MiB, steady {} MiB",
+        after >> 20,
+        steady >> 20
+    );
+    echo(&mut good, n);
+    drop(good);
+}
+
+#[test]
+fn non_readers_with_256_kib_messages_stay_within_the_budget() {
+    budget_holds(256 * 1024, BUDGET_BYTES);
+}
+
+/// A known gap (#16): with 16 MiB messages the server's RSS passed the budget, measured at
+/// 262, 295 and 347 MiB peak for a 256 MiB budget on the shared 2-core machine (reassembly
+/// buffers grow by doubling, and up to a ring of receives is on its way when reading pauses).
+/// Run it with `--ignored`; it fails until that is fixed.
+#[test]
+#[ignore = "known gap: RSS passes a 256 MiB budget with 16 MiB messages (262-347 MiB measured)"]
+fn non_readers_with_16_mib_messages_stay_within_the_budget() {
+    budget_holds(16 * 1024 * 1024, BUDGET_BYTES);
+}
