@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Autobahn|Testsuite conformance run against `ringws serve --mode echo`.
 #
-# usage: scripts/autobahn.sh [--cases JSON] [--exclude JSON] [--install-only]
+# usage: scripts/autobahn.sh [--cases JSON] [--exclude JSON] [--tls] [--install-only]
 #   --cases JSON     case patterns to run (default '["*"]')
 #   --exclude JSON   case patterns to skip (default '[]': every case runs, 12.* and 13.* permessage-deflate too)
+#   --tls            over wss://: the server gets --tls-cert/--tls-key (a CA and certificate made here with the
+#                    openssl CLI, see make_tls_certs in scripts/lib.sh); the suite's Twisted client speaks TLS
+#                    through pyOpenSSL (pinned in autobahn-constraints.txt) and does not verify the certificate
 #   --install-only   install the suite and stop
 #
 # Steps: install the suite if needed, build ringws in release if needed, start the server in echo mode on a
@@ -30,11 +33,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 cases='["*"]'
 exclude='[]'
 install_only=0
+tls=0
 while [ $# -gt 0 ]; do
     case $1 in
         --cases) cases=${2:?--cases needs a JSON list}; shift 2 ;;
         --exclude) exclude=${2:?--exclude needs a JSON list}; shift 2 ;;
         --install-only) install_only=1; shift ;;
+        --tls) tls=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -176,7 +181,16 @@ main() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
     mkdir -p "$RINGWS_ROOT/target"
-    start_server "$RINGWS_ROOT/target/autobahn-server.log" -- --mode echo
+    local tls_args=()
+    if [ "$tls" = 1 ]; then
+        make_tls_certs "$RINGWS_ROOT/target/autobahn-tls"
+        tls_args=(--tls-cert "$RINGWS_ROOT/target/autobahn-tls/server.crt"
+            --tls-key "$RINGWS_ROOT/target/autobahn-tls/server.key")
+    fi
+    start_server "$RINGWS_ROOT/target/autobahn-server.log" -- --mode echo "${tls_args[@]}"
+    if [ "$tls" = 1 ]; then
+        case "$SERVER_URL" in wss://*) ;; *) die "the server did not say wss:// ($SERVER_URL)" ;; esac
+    fi
     run_fuzzingclient
     local server_alive=1 verdict=0
     kill -0 "$SERVER_PID" 2> /dev/null || server_alive=0

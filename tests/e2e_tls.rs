@@ -423,3 +423,24 @@ fn sighup_reloads_the_binary_and_a_bad_file_is_logged_and_refused() {
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn broadcast_frames_are_encrypted_for_each_subscriber() {
+    let (ca, settings, _dir) = setup("broadcast");
+    let mut cfg = test_config();
+    cfg.tls = Some(settings);
+    let s = serve(cfg, |_| ringws::modes::Broadcast);
+    let mut clients: Vec<WssClient> = (0..3)
+        .map(|_| WssClient::connect(s.local_addr(), tls13(&ca)).unwrap())
+        .collect();
+    // Small frames are copied into each queue, large ones shared by reference: both are sealed
+    // per connection.
+    for payload in [vec![b's'; 100], vec![b'L'; 40_000]] {
+        clients[0].send(MessageKind::Binary, &payload).unwrap();
+        for c in &mut clients {
+            assert_eq!(c.recv().unwrap(), Event::Binary(payload.clone()));
+        }
+    }
+    s.shutdown();
+    s.join().unwrap();
+}

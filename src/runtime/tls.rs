@@ -285,6 +285,42 @@ fn encode_into(out: &mut Vec<u8>, mut encode: impl FnMut(&mut [u8]) -> Result<us
     }
 }
 
+/// Moves what rustls has queued to send (handshake, alerts, key updates) into `out`, handing it
+/// `buf`: the bytes it has seen and not consumed. Returns whether application data may be
+/// encrypted now, and how many bytes of `buf` rustls consumed.
+fn drain_encoded(
+    conn: &mut UnbufferedServerConnection,
+    out: &mut Vec<u8>,
+    flags: &mut u8,
+    buf: &mut [u8],
+) -> (bool, usize) {
+    let mut pos = 0;
+    loop {
+        let st = conn.process_tls_records(&mut buf[pos..]);
+        let discard = st.discard;
+        let done = match st.state {
+            Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                encode_into(out, |b| e.encode(b).map_err(encode_error));
+                None
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                t.done();
+                None
+            }
+            Ok(ConnectionState::PeerClosed) => {
+                *flags |= tf::PEER_CLOSED;
+                None
+            }
+            Ok(ConnectionState::WriteTraffic(_)) => Some(true),
+            _ => Some(false),
+        };
+        pos += discard;
+        if let Some(ready) = done {
+            return (ready, pos);
+        }
+    }
+}
+
 fn encode_error(e: EncodeError) -> usize {
     match e {
         EncodeError::InsufficientSize(s) => s.required_size,
@@ -358,76 +394,74 @@ impl TlsConn {
         loop {
             let UnbufferedStatus { discard, state } =
                 self.conn.process_tls_records(&mut data[pos..]);
-            let more = match state {
-                Err(e) => {
-                    self.fail();
-                    return Err(TlsFailure::Protocol(e));
-                }
-                Ok(ConnectionState::ReadTraffic(mut r)) => {
-                    while let Some(rec) = r.next_record() {
-                        match rec {
-                            Ok(rec) => plain.extend_from_slice(rec.payload),
-                            Err(e) => {
-                                drop(r);
-                                self.fail();
-                                return Err(TlsFailure::Protocol(e));
-                            }
-                        }
+            let step = match state {
+                Err(e) => Err(e),
+                Ok(ConnectionState::ReadTraffic(mut r)) => loop {
+                    match r.next_record() {
+                        Some(Ok(rec)) => plain.extend_from_slice(rec.payload),
+                        Some(Err(e)) => break Err(e),
+                        None => break Ok(true),
                     }
-                    true
-                }
+                },
                 Ok(ConnectionState::EncodeTlsData(mut e)) => {
                     encode_into(&mut self.out, |b| e.encode(b).map_err(encode_error));
-                    true
+                    Ok(true)
                 }
                 Ok(ConnectionState::TransmitTlsData(t)) => {
                     // `out` is sent at the end of the turn, before any data sealed after it.
                     t.done();
-                    true
+                    Ok(true)
                 }
                 Ok(ConnectionState::PeerClosed) => {
                     self.flags |= tf::PEER_CLOSED;
-                    true
+                    Ok(true)
                 }
-                Ok(ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_)) => false,
-                Ok(ConnectionState::Closed) => false,
+                Ok(ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_)) => {
+                    Ok(false)
+                }
+                Ok(ConnectionState::Closed) => Ok(false),
                 // No early data is accepted (max_early_data_size = 0); any other state is one
                 // this code does not know.
-                Ok(_) => {
-                    self.fail();
-                    return Err(TlsFailure::Protocol(rustls::Error::General(
-                        "unexpected TLS state".into(),
-                    )));
-                }
+                Ok(_) => Err(rustls::Error::General("unexpected TLS state".into())),
             };
             pos += discard;
-            if !more {
-                return Ok(pos);
-            }
-        }
-    }
-
-    /// After rustls refused input: collect the alert it queued, and send nothing more.
-    fn fail(&mut self) {
-        self.flags |= tf::FAILED | tf::CLOSE_NOTIFY_QUEUED;
-        self.drain_encoded();
-    }
-
-    /// Moves what rustls has queued to send (handshake, alerts, key updates) into `out`.
-    /// Returns whether application data may be encrypted now.
-    fn drain_encoded(&mut self) -> bool {
-        loop {
-            let st = self.conn.process_tls_records(&mut []);
-            match st.state {
-                Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                    encode_into(&mut self.out, |b| e.encode(b).map_err(encode_error))
+            match step {
+                Ok(true) => {}
+                Ok(false) => return Ok(pos),
+                Err(e) => {
+                    self.fail(&mut data[pos..]);
+                    return Err(TlsFailure::Protocol(e));
                 }
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-                Ok(ConnectionState::WriteTraffic(_)) => return true,
-                Ok(ConnectionState::PeerClosed) => self.flags |= tf::PEER_CLOSED,
-                _ => return false,
             }
         }
+    }
+
+    /// After rustls refused input: collect the alert it queued, and send nothing more. `rest`
+    /// is what rustls has not consumed of the buffer it refused (it must see the same bytes).
+    /// Only what rustls already queued is taken (`wants_write`): while its queue is not empty
+    /// it returns it before reading input, so the refused bytes are not parsed again (which
+    /// would make it raise a second fatal alert).
+    fn fail(&mut self, rest: &mut [u8]) {
+        self.flags |= tf::FAILED | tf::CLOSE_NOTIFY_QUEUED;
+        while self.conn.wants_write() {
+            let st = self.conn.process_tls_records(rest);
+            let Ok(ConnectionState::EncodeTlsData(mut e)) = st.state else {
+                break;
+            };
+            encode_into(&mut self.out, |b| e.encode(b).map_err(encode_error));
+        }
+    }
+
+    /// [`drain_encoded`] outside `receive`: rustls is handed the bytes it has seen and not
+    /// consumed (they wait in the spill; rustls keeps offsets into them and must be given the
+    /// same bytes again, never an empty buffer in their place).
+    fn drain_encoded(&mut self) -> bool {
+        let mut spill = std::mem::take(&mut self.spill);
+        let (ready, used) =
+            drain_encoded(&mut self.conn, &mut self.out, &mut self.flags, &mut spill);
+        spill.drain(..used);
+        self.spill = if spill.is_empty() { Vec::new() } else { spill };
+        ready
     }
 
     fn has(&self, f: u8) -> bool {
@@ -473,14 +507,19 @@ impl TlsConn {
 
     /// Encrypts `plain` into `out` as TLS records; the bytes written.
     pub fn seal(&mut self, plain: &[u8], out: &mut [u8]) -> Result<usize, SealError> {
-        let st = self.conn.process_tls_records(&mut []);
-        let Ok(ConnectionState::WriteTraffic(mut w)) = st.state else {
-            return Err(SealError::Failed);
+        let st = self.conn.process_tls_records(&mut self.spill);
+        let used = st.discard;
+        let res = match st.state {
+            Ok(ConnectionState::WriteTraffic(mut w)) => {
+                w.encrypt(plain, out).map_err(|e| match e {
+                    EncryptError::InsufficientSize(s) => SealError::TooSmall(s.required_size),
+                    _ => SealError::Failed,
+                })
+            }
+            _ => Err(SealError::Failed),
         };
-        w.encrypt(plain, out).map_err(|e| match e {
-            EncryptError::InsufficientSize(s) => SealError::TooSmall(s.required_size),
-            _ => SealError::Failed,
-        })
+        self.spill.drain(..used);
+        res
     }
 
     /// Queues our close_notify once (before the TCP write side is shut). False if there is
@@ -493,18 +532,17 @@ impl TlsConn {
         if !self.drain_encoded() {
             return false;
         }
-        let st = self.conn.process_tls_records(&mut []);
-        let Ok(ConnectionState::WriteTraffic(mut w)) = st.state else {
-            return false;
-        };
-        let mut out = std::mem::take(&mut self.out);
-        encode_into(&mut out, |b| {
-            w.queue_close_notify(b).map_err(|e| match e {
-                EncryptError::InsufficientSize(s) => s.required_size,
-                _ => 0,
-            })
-        });
-        self.out = out;
+        let st = self.conn.process_tls_records(&mut self.spill);
+        let used = st.discard;
+        if let Ok(ConnectionState::WriteTraffic(mut w)) = st.state {
+            encode_into(&mut self.out, |b| {
+                w.queue_close_notify(b).map_err(|e| match e {
+                    EncryptError::InsufficientSize(s) => s.required_size,
+                    _ => 0,
+                })
+            });
+        }
+        self.spill.drain(..used);
         !self.out.is_empty()
     }
 
@@ -536,5 +574,47 @@ mod tests {
         assert!(looks_like_http(b"POST /x HTTP/1.1\r\n"));
         assert!(!looks_like_http(&[22, 3, 1, 0, 200]));
         assert!(!looks_like_http(b"GE"));
+    }
+
+    /// A TLS state on a certificate made here (rcgen), as a worker would make it.
+    fn conn() -> Box<TlsConn> {
+        let dir = std::env::temp_dir().join(format!("ringws-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let cfg = Config {
+            tls: Some(crate::config::TlsSettings::new(c, k)),
+            ..Config::default()
+        };
+        let shared = Arc::new(TlsShared::new(Arc::new(cfg)).unwrap());
+        WorkerTls::new(shared).accept().unwrap()
+    }
+
+    /// Found by the fuzz target: a ClientHello that rustls joins across records and then
+    /// refuses. Collecting its alert with an empty buffer (instead of the bytes rustls had not
+    /// consumed) made rustls index past it and panic.
+    #[test]
+    fn an_error_after_a_joined_handshake_message_is_an_alert_not_a_panic() {
+        let mut input = vec![
+            22, 3, 1, 0, 47, 1, 0, 0, 249, 3, 3, 112, 157, 179, 97, 151, 225, 28, 250, 55, 75, 139,
+            46, 208, 186, 130, 51, 54, 230, 27, 67, 52, 87, 51, 204, 40, 53, 237, 187, 115, 116,
+            154, 132, 32, 128, 26, 92, 143, 210, 98, 33, 3, 5, 3, 6, 3, 8, 7, 8, 8, 8, 9, 8, 10, 8,
+            11, 8, 4, 8, 5, 8, 6, 4, 1, 5, 1, 6, 1, 0, 43, 0, 251, 1, 3, 4, 0, 45, 0, 2, 1, 1, 0,
+            51, 0, 38, 0, 36, 0, 29, 0, 32, 128, 69, 174, 236, 76, 121, 12, 239, 106, 255, 34, 6,
+            177, 239, 255, 83, 32, 241, 155, 104, 245, 209, 191, 34, 136, 211, 2, 61, 90, 252, 57,
+            31,
+        ];
+        let mut c = conn();
+        let mut plain = Vec::new();
+        assert!(c.receive(&mut input, &mut plain).is_err());
+        assert!(c.has_pending(), "an alert is queued");
+        assert!(c.take_pending().starts_with(&[21]));
+        assert!(plain.is_empty());
     }
 }
