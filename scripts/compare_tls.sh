@@ -51,7 +51,9 @@ if [[ ! -s $CERT || ! -s $KEY ]]; then
         -addext "basicConstraints=critical,CA:FALSE" -keyout "$KEY" -out "$CERT" 2>/dev/null
 fi
 RINGWS_TLS=0
-"$BIN/ringws" serve --help 2>&1 | grep -q -- --tls-cert && RINGWS_TLS=1
+# Captured first: `grep -q` in a pipe would end it early, and pipefail would call that a failure.
+RINGWS_HELP=$("$BIN/ringws" serve --help 2>&1 || true)
+[[ $RINGWS_HELP == *--tls-cert* ]] && RINGWS_TLS=1
 NOTES=()
 if [[ $RINGWS_TLS == 0 && " $SERVERS " == *" ringws-wss "* ]]; then
     NOTES+=("ringws-wss skipped: this ringws build has no --tls-cert (the server side of #12 is not merged here).")
