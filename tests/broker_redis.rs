@@ -371,7 +371,16 @@ fn stalled_redis_drops_past_the_bound_and_workers_never_stall() {
     }
     let dropped = counter(&a, |b| b.publish_dropped.load(Relaxed));
     assert!(dropped > 0, "a 16 KiB queue cannot hold {n} publishes");
+    // A Redis that does not answer (no FIN either) is noticed on the quiet subscribe link too:
+    // its keepalive PING times out and the link is taken down, to be connected again.
+    wait_until("the subscribe link noticed", || {
+        let text =
+            common::http(a.local_addr(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        text.contains("link=\"subscribe\"} 0")
+    });
     redis.signal(libc::SIGCONT);
+    wait_until("links up again", || broker(&a).all_up());
+    redis.wait_numsub(CHANNEL, 1);
     // Every publish is accounted for, exactly once.
     wait_until("every publish accounted for", || {
         let b = broker(&a);

@@ -84,7 +84,16 @@ impl Broker for RedisBroker {
         ps.set_read_timeout(Some(poll)).map_err(io_err)?;
         session.connected();
         let (mut subs, mut unsubs) = (Vec::new(), Vec::new());
+        let mut heard = std::time::Instant::now();
         loop {
+            if heard.elapsed() > timeout {
+                // Quiet for a while: a Redis gone without a FIN (a partition) must not leave
+                // the node deaf forever. A PING answers within the timeout or the link fails.
+                ps.set_read_timeout(Some(timeout)).map_err(io_err)?;
+                ps.ping::<redis::Value>().map_err(io_err)?;
+                ps.set_read_timeout(Some(poll)).map_err(io_err)?;
+                heard = std::time::Instant::now();
+            }
             if session.changes(&mut subs, &mut unsubs) {
                 return Ok(());
             }
@@ -105,7 +114,10 @@ impl Broker for RedisBroker {
                 unsubs.clear();
             }
             match ps.get_message() {
-                Ok(msg) => session.deliver(msg.get_channel_name(), msg.get_payload_bytes()),
+                Ok(msg) => {
+                    heard = std::time::Instant::now();
+                    session.deliver(msg.get_channel_name(), msg.get_payload_bytes());
+                }
                 Err(e) if e.is_timeout() => {}
                 Err(e) => return Err(io_err(e)),
             }
