@@ -495,3 +495,82 @@ fn topics_spread_over_two_redis_servers_by_consistent_hash() {
         n.join().unwrap();
     }
 }
+
+/// History with a broker, as it stands: each node gives every message it delivers (its own and
+/// the other nodes') a position of its own. A positioned subscriber on node B gets node A's
+/// publishes and resumes on B without loss; a position from B presented to A is a gap; and once
+/// B had no subscriber left (so it left the Redis channel and may have missed messages) its old
+/// positions are a gap too. Never a silent loss. (One history shared in Redis Streams is the
+/// remaining part of issue #14.)
+#[test]
+fn positioned_subscribers_across_nodes_resume_on_their_node_and_see_a_gap_elsewhere() {
+    let redis = RedisServer::start();
+    let history = |c: &mut Config| c.history_messages_max = 1000;
+    let a = node(vec![redis.url()], history);
+    let b = node(vec![redis.url()], history);
+    let text = |c: &mut Client| loop {
+        match c.recv().unwrap() {
+            Event::Text(t) => break t,
+            Event::Ping(_) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut keeper = subscriber(&b, "news");
+    let mut sub = Client::connect(b.local_addr()).unwrap();
+    sub.send_text("psub news").unwrap();
+    assert_eq!(text(&mut sub), "ok psub news 0");
+    wait_until("links up", || broker(&a).all_up() && broker(&b).all_up());
+    redis.wait_numsub(CHANNEL, 1);
+    let mut publisher = Client::connect(a.local_addr()).unwrap();
+    publisher.send_text("pub news m0").unwrap();
+    let first = text(&mut sub);
+    let (pos, payload) = first.split_once(' ').unwrap();
+    assert_eq!(payload, "m0");
+    assert_eq!(text(&mut keeper), "m0");
+    drop(sub);
+    for i in 1..=3 {
+        publisher.send_text(&format!("pub news m{i}")).unwrap();
+    }
+    for i in 1..=3 {
+        assert_eq!(text(&mut keeper), format!("m{i}"), "B received them");
+    }
+    let mut back = Client::connect(b.local_addr()).unwrap();
+    back.send_text(&format!("psub news {pos}")).unwrap();
+    assert_eq!(text(&mut back), "ok psub news 3");
+    let got: Vec<String> = (0..3).map(|_| text(&mut back)).collect();
+    let payloads: Vec<&str> = got.iter().map(|t| t.split_once(' ').unwrap().1).collect();
+    assert_eq!(
+        payloads,
+        ["m1", "m2", "m3"],
+        "resumed on B: every message once, in order"
+    );
+    let last = got[2].split_once(' ').unwrap().0.to_string();
+
+    // B's position means nothing on A: a gap, then what A holds.
+    let mut elsewhere = Client::connect(a.local_addr()).unwrap();
+    elsewhere.send_text(&format!("psub news {pos}")).unwrap();
+    assert_eq!(text(&mut elsewhere), "ok psub news gap");
+    redis.wait_numsub(CHANNEL, 2);
+
+    // Everyone leaves B: it unsubscribes from Redis, and a publish meanwhile never reaches it.
+    drop((keeper, back));
+    redis.wait_numsub(CHANNEL, 1);
+    publisher.send_text("pub news m4").unwrap();
+    // A replayed what it holds (its own m0..m3) after the gap, then m4 live.
+    let on_a: Vec<String> = (0..5)
+        .map(|_| text(&mut elsewhere).split_once(' ').unwrap().1.to_string())
+        .collect();
+    assert_eq!(on_a, ["m0", "m1", "m2", "m3", "m4"]);
+    let mut later = Client::connect(b.local_addr()).unwrap();
+    later.send_text(&format!("psub news {last}")).unwrap();
+    assert_eq!(
+        text(&mut later),
+        "ok psub news gap",
+        "B may have missed m4: it must say so"
+    );
+    drop((elsewhere, later, publisher));
+    for n in [a, b] {
+        n.shutdown();
+        n.join().unwrap();
+    }
+}
