@@ -60,6 +60,17 @@ fn value(json: &str, key: &str) -> f64 {
 }
 
 fn load(args: &[&str], out: &PathBuf) -> String {
+    let (ok, json) = run_load(args, out);
+    assert!(ok, "ringws-load failed:\n{json}");
+    assert!(
+        out.with_extension("svg").exists(),
+        "chart next to the report"
+    );
+    json
+}
+
+/// Runs `ringws-load` with a JSON report at `out`: whether it exited 0, and the report.
+fn run_load(args: &[&str], out: &PathBuf) -> (bool, String) {
     let status = Command::new(env!("CARGO_BIN_EXE_ringws-load"))
         .args(args)
         .args([
@@ -73,12 +84,7 @@ fn load(args: &[&str], out: &PathBuf) -> String {
         .status()
         .expect("run ringws-load");
     let json = std::fs::read_to_string(out).expect("report written");
-    assert!(status.success(), "ringws-load failed:\n{json}");
-    assert!(
-        out.with_extension("svg").exists(),
-        "chart next to the report"
-    );
-    json
+    (status.success(), json)
 }
 
 #[test]
@@ -365,21 +371,8 @@ fn resume_under_churn_loses_nothing() {
 fn resume_past_history_reports_gaps_and_fails() {
     // Five messages of history at 500 publishes/s: a subscriber away for 30 ms misses some.
     let (_server, url) = serve_with("pubsub", &["--history", "5"]);
-    let out = out_path("resume-gap");
-    let status = Command::new(env!("CARGO_BIN_EXE_ringws-load"))
-        .args(resume_args(&url))
-        .args([
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-            "--deadline-s",
-            "60",
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .expect("run ringws-load");
-    let json = std::fs::read_to_string(&out).expect("report written");
-    assert!(!status.success(), "a run with gaps must fail:\n{json}");
+    let (ok, json) = run_load(&resume_args(&url), &out_path("resume-gap"));
+    assert!(!ok, "a run with gaps must fail:\n{json}");
     assert!(value(&json, "resume_gaps") > 0.0, "{json}");
     assert!(value(&json, "missing") > 0.0, "{json}");
     assert_eq!(value(&json, "passed"), 0.0);
