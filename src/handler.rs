@@ -232,7 +232,7 @@ impl<'a> Conn<'a> {
         let publisher = self.ops.publisher();
         if publisher.history.is_some() {
             // Sequenced publishes go through every mailbox, this worker's too, in offset order.
-            publisher.clone().publish(topic, msg);
+            publisher.publish(topic, msg);
             return;
         }
         let frame = publisher.encode(msg);
