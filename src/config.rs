@@ -107,13 +107,23 @@ pub struct Config {
     /// queued output is below this.
     pub send_queue_low_bytes: usize,
     /// The memory budget of the whole server: every byte the engine buffers (send queues,
-    /// reassembly, inflate output, handshake spill, shared frames, the workers' pools). Past
-    /// it, reading pauses; if it is still exceeded after `memory_budget_grace_ms`, the
-    /// connections holding the most are closed with 1013, largest first. 0 (the default): half
-    /// of the machine's memory (`MemTotal`, read once at start-up).
+    /// reassembly, inflate output, handshake spill, shared frames, the workers' pools) is
+    /// counted against it. Past half of it, reading pauses on the connections that hold more
+    /// than a receive buffer; if the count stays past 3/4 of it for `memory_budget_grace_ms`,
+    /// the connections holding the most are closed with 1013, largest first. The last quarter
+    /// is left for what is not counted (the allocator's slack, the program), so that the
+    /// process's RSS stays within the budget. 0 (the default): half of the machine's memory
+    /// (`MemTotal`, read once at start-up).
     pub memory_budget_bytes: u64,
-    /// How long the budget may stay exceeded with reading paused before connections are closed.
+    /// How long the count may stay past 3/4 of the budget, with reading paused, before
+    /// connections are closed.
     pub memory_budget_grace_ms: u64,
+    /// glibc's mmap threshold, fixed at start-up (`mallopt(M_MMAP_THRESHOLD)`): allocations of
+    /// at least this many bytes are mappings of their own, given back to the kernel as soon as
+    /// they are freed, so that memory returns after large messages. Fixing it also stops glibc
+    /// from raising it after large frees, which leaves large buffers in fragmented heaps. It is
+    /// process-wide; 0 leaves the allocator alone (for an embedder that tunes it itself).
+    pub allocator_mmap_threshold_bytes: usize,
     /// What happens past `send_queue_bytes_max`.
     pub backpressure: BackpressurePolicy,
     /// Size of one receive buffer in the provided-buffer ring.
@@ -208,6 +218,7 @@ impl Default for Config {
             send_queue_low_bytes: SEND_QUEUE_LOW_BYTES_DEFAULT,
             memory_budget_bytes: 0,
             memory_budget_grace_ms: 250,
+            allocator_mmap_threshold_bytes: 128 * 1024,
             backpressure: BackpressurePolicy::Close,
             recv_buffer_bytes: 16 * 1024,
             recv_buffers_per_worker: 1024,

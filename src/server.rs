@@ -106,6 +106,7 @@ where
         .history_limits()
         .map(|limits| Arc::new(HistoryStore::new(limits, config.history_topics_max)));
     let hub = crate::broker::Hub::new(&config)?;
+    crate::runtime::sys::fix_mmap_threshold(config.allocator_mmap_threshold_bytes);
     let memory = Arc::new(crate::runtime::budget::MemoryBudget::for_config(&config));
     let publisher =
         Publisher::new(mailboxes.into(), deflate, history, memory.clone()).with_broker(hub.clone());

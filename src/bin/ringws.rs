@@ -27,7 +27,8 @@ const USAGE: &str = "usage: ringws serve [options]
   --send-queue-high-bytes N       stop reading a connection whose queue passes N (default 1 MiB)
   --send-queue-low-bytes N        read it again below N (default 256 KiB)
   --memory-budget-bytes N         bytes the engine may buffer in all (default: half of MemTotal)
-  --memory-budget-grace-ms N      over budget this long with reads paused: close largest, 1013
+  --memory-budget-grace-ms N      past 3/4 of the budget this long: close the largest, 1013
+  --allocator-mmap-threshold-bytes N  glibc mmap threshold, fixed (0: leave the allocator alone)
   --send-zc-bytes-min N           SENDMSG_ZC for batches of N bytes or more (default 0: off)
   --no-deflate                    never agree to permessage-deflate (default: agree when offered)
   --deflate-level N               zlib level 0-9 for compressed sends (default 1)
@@ -121,6 +122,9 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--send-queue-low-bytes" => c.send_queue_low_bytes = num(&flag, it.next())?,
             "--memory-budget-bytes" => c.memory_budget_bytes = num(&flag, it.next())?,
             "--memory-budget-grace-ms" => c.memory_budget_grace_ms = num(&flag, it.next())?,
+            "--allocator-mmap-threshold-bytes" => {
+                c.allocator_mmap_threshold_bytes = num(&flag, it.next())?
+            }
             "--send-zc-bytes-min" => c.send_zc_bytes_min = num(&flag, it.next())?,
             "--no-deflate" => c.deflate = false,
             "--deflate-level" => c.deflate_level = num(&flag, it.next())?,

@@ -22,6 +22,9 @@
 //! | Closing | we sent Close and wait for the peer's (initiator: us) | no               |
 //! | Closed  | both Close frames passed, or we failed the connection, or TCP ended | no  |
 //!
+//! In Closing, the peer's data frames are still parsed (to find its Close) but neither gathered nor
+//! delivered, so a closing connection holds no message buffer.
+//!
 //! When the peer starts the close, its Close is echoed at once, so the state goes straight from
 //! Open to Closed (initiator: peer). After a protocol violation the Close with its code is sent
 //! and the connection is Closed: per §7.1.7 no further input is processed. In Closed the runtime
@@ -405,6 +408,13 @@ impl Connection {
     ) -> Result<(), ProtoError> {
         let mut m = self.message.expect("a data frame always has a message");
         let done = f.fin && f.remaining == 0;
+        if self.state == State::Closing {
+            // We sent Close: the rest of the peer's input is read only to find its Close. Data
+            // is neither gathered nor delivered (the handler may send nothing more anyway), so a
+            // peer that goes on sending cannot make a closing connection hold memory.
+            self.message = (!done).then_some(m);
+            return Ok(());
+        }
         if m.compressed {
             return self.compressed_payload(m, chunk, whole, done, sink);
         }
@@ -577,6 +587,12 @@ impl Connection {
         self.initiator = Some(Initiator::Local);
         self.send_close_frame(code, reason, sink);
         self.transition(State::Closing);
+        // What was being gathered is dropped: data after our Close is not delivered.
+        if let Some(m) = self.message.as_mut() {
+            m.gathering = false;
+        }
+        self.reassembly = Vec::new();
+        self.inflater = None;
     }
 
     /// Sends a Ping (for heartbeats). Does nothing unless Open.

@@ -65,9 +65,9 @@ impl Marks {
 /// The decision for one connection with `queued` bytes of output. Only an Open connection whose
 /// peer may still send is paused (past the high mark, or held for the memory budget); any other
 /// is read (a Closing connection reads to EOF).
-pub(crate) fn reads(phase: Phase, flags: u16, queued: usize, marks: Marks) -> Reads {
+pub(crate) fn reads(phase: Phase, flags: u32, queued: usize, marks: Marks) -> Reads {
     let paused = flags & flag::RECV_PAUSED != 0;
-    let readable = phase == Phase::Open && flags & flag::PEER_DONE == 0;
+    let readable = phase == Phase::Open && flags & (flag::PEER_DONE | flag::PEER_FIN) == 0;
     let budget = flags & flag::BUDGET_HOLD != 0;
     let want_paused =
         readable && (budget || queued > marks.high_bytes || (paused && queued >= marks.low_bytes));
@@ -126,15 +126,23 @@ impl MemoryBudget {
     }
 }
 
-/// Reading pauses past this share of the budget...
+/// Reading pauses past this share of the budget (1/2)...
 fn pause_mark(budget: u64) -> i64 {
-    (budget / 4 * 3) as i64
+    (budget / 2) as i64
 }
 
-/// ...and resumes below this one; the largest holders are closed if the use stays past the
-/// budget itself, until it is back under this.
+/// ...and resumes below this one (3/8); the largest holders are closed if the use stays past
+/// the shed mark, until it is back under this.
 fn resume_mark(budget: u64) -> i64 {
-    (budget / 8 * 5) as i64
+    (budget / 8 * 3) as i64
+}
+
+/// Past this share (3/4) for the grace, the largest holders are closed. The last quarter is
+/// for what the engine does not count: the allocator's slack and fragmentation, the program
+/// and its libraries, and what is on its way when reading pauses; so that the process's RSS,
+/// not only the count, stays within the budget.
+fn shed_mark(budget: u64) -> i64 {
+    (budget / 4 * 3) as i64
 }
 
 /// `MemTotal` of /proc/meminfo, in bytes.
@@ -214,6 +222,9 @@ pub(crate) struct Memory {
     trimmed_ms: u64,
 }
 
+/// Past the budget itself, connections are shed at once, at most this often.
+const URGENT_SHED_INTERVAL_MS: u64 = 20;
+
 /// A worker whose use fell by this much since its peak gives its free memory back...
 const TRIM_DROP_BYTES: i64 = 8 << 20;
 /// ...this long after the fall was seen (a burst usually ends in several turns)...
@@ -286,7 +297,7 @@ impl Memory {
     pub(crate) fn turn(&mut self, now_ms: u64) -> Turn {
         self.budget.add(std::mem::take(&mut self.pending));
         let used = self.used();
-        let budget = self.budget.budget_bytes as i64;
+        let budget = shed_mark(self.budget.budget_bytes);
         if used <= budget {
             self.over_since_ms = None;
         } else if self.over_since_ms.is_none() {
@@ -298,7 +309,12 @@ impl Memory {
         let Some(since) = self.over_since_ms else {
             return Turn::Calm;
         };
-        if now_ms < since + self.grace_ms || now_ms < self.shed_at_ms + self.grace_ms {
+        // Past the budget itself there is no grace: what is on its way would take the process
+        // past it (only a few turns, for the last sheds' frees to be counted).
+        let urgent = used > self.budget.budget_bytes as i64
+            && now_ms >= self.shed_at_ms + URGENT_SHED_INTERVAL_MS;
+        let graced = now_ms >= since + self.grace_ms && now_ms >= self.shed_at_ms + self.grace_ms;
+        if !urgent && !graced {
             return Turn::Calm;
         }
         self.shed_at_ms = now_ms;
@@ -335,6 +351,12 @@ impl Memory {
         self.trim_at_ms
     }
 
+    /// Whether a connection holding `bytes` holds more than one receive buffer: only such a
+    /// one is paused or shed for the budget.
+    pub(crate) fn holds_much(&self, bytes: u64) -> bool {
+        bytes > self.small_bytes as u64
+    }
+
     /// Counts a connection closed for the budget.
     pub(crate) fn shed_one(&self) {
         self.budget.closes.fetch_add(1, Relaxed);
@@ -349,7 +371,7 @@ impl Memory {
         let queued = st.queued_bytes();
         let queue_heap = st.send.as_ref().map_or(0, |q| q.heap_bytes());
         self.account(st, held + queue_heap);
-        let holds = queued.max(st.held_bytes as usize) > self.small_bytes;
+        let holds = self.holds_much(queued.max(st.held_bytes as usize) as u64);
         if holds && self.over() && st.phase == Phase::Open && !st.has(flag::BUDGET_HOLD) {
             st.set(flag::BUDGET_HOLD);
             self.held.push(key);
@@ -441,24 +463,31 @@ mod tests {
     #[test]
     fn over_the_budget_past_the_grace_sheds_then_releases_under_the_resume_mark() {
         let mut m = memory(800);
-        m.pools(700);
+        m.pools(600);
         assert_eq!(m.turn(0), Turn::Calm);
-        assert_eq!(m.budget.used_bytes(), 700);
-        m.pools(1000);
+        assert_eq!(m.budget.used_bytes(), 600);
+        // At the shed mark (3/4 of 800 = 600) is not past it: no grace starts.
+        assert_eq!(m.turn(5000), Turn::Calm);
+        m.pools(750);
         m.held.push(Key {
             index: 1,
             generation: 1,
         });
-        // Over: nothing shed before the grace, then this worker's whole share of the excess
-        // over the resume mark (5/8 of 800 = 500): all the use is this worker's.
-        assert_eq!(m.turn(1000), Turn::Calm);
-        assert_eq!(m.turn(1099), Turn::Calm);
-        assert_eq!(m.turn(1100), Turn::Shed(500));
-        // Not again within the grace.
-        assert_eq!(m.turn(1150), Turn::Calm);
-        m.pools(400);
-        assert!(matches!(m.turn(1160), Turn::Release(keys) if keys.len() == 1));
-        assert_eq!(m.turn(1170), Turn::Calm);
+        // Past the shed mark: nothing shed before the grace, then this worker's whole share of
+        // the excess over the resume mark (3/8 of 800 = 300): all the use is this worker's.
+        assert_eq!(m.turn(6000), Turn::Calm);
+        assert_eq!(m.turn(6099), Turn::Calm);
+        assert_eq!(m.turn(6100), Turn::Shed(450));
+        // Not again within the grace...
+        assert_eq!(m.turn(6110), Turn::Calm);
+        // ...unless past the budget itself: then only a short pause between sheds.
+        m.pools(801);
+        assert_eq!(m.turn(6115), Turn::Calm, "within the pause between sheds");
+        assert_eq!(m.turn(6120), Turn::Shed(501));
+        assert_eq!(m.turn(6130), Turn::Calm);
+        m.pools(299);
+        assert!(matches!(m.turn(6160), Turn::Release(keys) if keys.len() == 1));
+        assert_eq!(m.turn(6170), Turn::Calm);
     }
 
     #[test]

@@ -44,6 +44,8 @@ enum Tag {
     CancelAccept = 8,
     SendZc = 9,
     CancelRecv = 10,
+    Hangup = 11,
+    CancelHangup = 12,
 }
 
 impl Tag {
@@ -59,6 +61,8 @@ impl Tag {
             8 => Tag::CancelAccept,
             9 => Tag::SendZc,
             10 => Tag::CancelRecv,
+            11 => Tag::Hangup,
+            12 => Tag::CancelHangup,
             _ => return None,
         })
     }
@@ -101,6 +105,13 @@ pub enum Op {
     /// It names the receive by its `user_data`, so one for a slot since reused matches nothing
     /// (the generation differs); it points at no memory and is not counted in the slot's ops.
     CancelRecv { key: Key },
+    /// A one-shot poll for the peer's hang-up (FIN, reset, error) on a connection whose reading
+    /// is paused: with no receive armed, it is how a peer that leaves is seen. Counted in the
+    /// slot's ops.
+    WatchHangup { key: Key, fd: u32 },
+    /// Cancels that poll (reading resumes, or the connection ends); like `CancelRecv`, it names
+    /// the poll by its `user_data` and is not counted.
+    CancelHangup { key: Key },
     /// One send of a contiguous buffer.
     Send {
         key: Key,
@@ -174,6 +185,15 @@ impl Op {
             Op::CancelRecv { key } => opcode::AsyncCancel::new(user_data(Tag::Recv, key))
                 .build()
                 .user_data(user_data(Tag::CancelRecv, key)),
+            Op::WatchHangup { key, fd } => opcode::PollAdd::new(
+                types::Fixed(fd),
+                (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as u32,
+            )
+            .build()
+            .user_data(user_data(Tag::Hangup, key)),
+            Op::CancelHangup { key } => opcode::AsyncCancel::new(user_data(Tag::Hangup, key))
+                .build()
+                .user_data(user_data(Tag::CancelHangup, key)),
             Op::Send { key, fd, buf, len } => opcode::Send::new(types::Fixed(fd), buf, len)
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
@@ -251,6 +271,17 @@ pub enum Received {
     Canceled,
 }
 
+/// What the hang-up poll of a paused connection saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hangup {
+    /// The peer sent FIN: its input ends after what is still unread.
+    Fin,
+    /// The socket was reset or broke: the connection is over.
+    Reset,
+    /// We cancelled it (reading resumed, or the connection ends).
+    Canceled,
+}
+
 /// Result of one send completion.
 #[derive(Debug)]
 pub enum Sent {
@@ -294,6 +325,11 @@ pub enum Event {
     },
     Close {
         key: Key,
+    },
+    /// The hang-up poll of a paused connection completed.
+    Hangup {
+        key: Key,
+        seen: Hangup,
     },
     Wake,
     CancelAccept,
@@ -391,6 +427,20 @@ impl Completion {
             // ENOENT (the receive had already ended) and success are the same: the receive's
             // own last completion says when it stopped.
             Tag::CancelRecv => Event::CancelRecv,
+            Tag::Hangup => Event::Hangup {
+                key,
+                seen: match -res {
+                    _ if res >= 0 && res & i32::from(libc::POLLHUP | libc::POLLERR) != 0 => {
+                        Hangup::Reset
+                    }
+                    _ if res >= 0 => Hangup::Fin,
+                    libc::ECANCELED => Hangup::Canceled,
+                    // The poll itself failed: the socket is not usable.
+                    _ => Hangup::Reset,
+                },
+            },
+            // As for CancelRecv: the poll's own completion says when it stopped.
+            Tag::CancelHangup => Event::CancelRecv,
         })
     }
 }

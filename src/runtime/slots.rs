@@ -42,38 +42,46 @@ pub enum TimerKind {
 /// Per-connection flags.
 pub mod flag {
     /// The multishot receive is armed.
-    pub const RECV_ARMED: u16 = 1 << 0;
+    pub const RECV_ARMED: u32 = 1 << 0;
     /// The receive must be re-armed at the end of the turn (it stopped with ENOBUFS or no MORE).
-    pub const RECV_REARM: u16 = 1 << 1;
+    pub const RECV_REARM: u32 = 1 << 1;
     /// The peer ended its side (EOF) or the socket broke: no more input.
-    pub const PEER_DONE: u16 = 1 << 2;
+    pub const PEER_DONE: u32 = 1 << 2;
     /// shutdown(SHUT_WR) was submitted.
-    pub const SHUT_SENT: u16 = 1 << 3;
+    pub const SHUT_SENT: u32 = 1 << 3;
     /// The slot is in the dirty list (sends to start at the end of the turn).
-    pub const DIRTY: u16 = 1 << 4;
+    pub const DIRTY: u32 = 1 << 4;
     /// A heartbeat ping is unanswered.
-    pub const AWAIT_PONG: u16 = 1 << 5;
+    pub const AWAIT_PONG: u32 = 1 << 5;
     /// Call `on_drain` when the send queue empties.
-    pub const WANT_DRAIN: u16 = 1 << 6;
+    pub const WANT_DRAIN: u32 = 1 << 6;
     /// Our Close frame is queued: no more data frames.
-    pub const CLOSE_SENT: u16 = 1 << 7;
+    pub const CLOSE_SENT: u32 = 1 << 7;
     /// The handler accepted the connection (so `on_close` is owed).
-    pub const OPENED: u16 = 1 << 8;
+    pub const OPENED: u32 = 1 << 8;
     /// `on_close` was called.
-    pub const REPORTED: u16 = 1 << 9;
+    pub const REPORTED: u32 = 1 << 9;
     /// The send queue overflowed (close policy): data sends are dropped until the end.
-    pub const OVERFLOW: u16 = 1 << 10;
+    pub const OVERFLOW: u32 = 1 << 10;
     /// The socket is broken: queued bytes are dropped, nothing more is sent.
-    pub const SEND_DEAD: u16 = 1 << 11;
+    pub const SEND_DEAD: u32 = 1 << 11;
     /// A forced end (timeout, shutdown): shutdown(SHUT_RDWR) was submitted.
-    pub const FORCED: u16 = 1 << 12;
+    pub const FORCED: u32 = 1 << 12;
     /// The shutdown(SHUT_WR) completed.
-    pub const SHUT_DONE: u16 = 1 << 13;
+    pub const SHUT_DONE: u32 = 1 << 13;
     /// Reading is paused (queued output past the high mark): the receive is not re-armed, and
     /// a cancelled one is no end of input (`budget.rs`).
-    pub const RECV_PAUSED: u16 = 1 << 14;
+    pub const RECV_PAUSED: u32 = 1 << 14;
     /// Reading is paused for the memory budget (the worker's list has the slot, `budget.rs`).
-    pub const BUDGET_HOLD: u16 = 1 << 15;
+    pub const BUDGET_HOLD: u32 = 1 << 15;
+    /// While reading is paused, a poll for the peer's hang-up is armed (`Op::WatchHangup`), so
+    /// that a peer that leaves is seen although nothing is read from it (`budget.rs`).
+    pub const WATCH_HUP: u32 = 1 << 16;
+    /// That poll's cancel was submitted.
+    pub const WATCH_CANCEL: u32 = 1 << 17;
+    /// The poll saw the peer's FIN while reading was paused: read on to the end of its input,
+    /// with no more pauses (what is left is bounded by the socket's receive buffer).
+    pub const PEER_FIN: u32 = 1 << 18;
 }
 
 /// Everything about a connection besides its protocol core.
@@ -83,7 +91,7 @@ pub struct ConnState {
     pub fd: u32,
     pub phase: Phase,
     pub timer_kind: TimerKind,
-    pub flags: u16,
+    pub flags: u32,
     /// Operations in flight on this slot (recv counts once while armed).
     pub ops: u16,
     /// The close code to report (1006 until a Close frame says otherwise).
@@ -107,15 +115,15 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    pub fn has(&self, f: u16) -> bool {
+    pub fn has(&self, f: u32) -> bool {
         self.flags & f != 0
     }
 
-    pub fn set(&mut self, f: u16) {
+    pub fn set(&mut self, f: u32) {
         self.flags |= f;
     }
 
-    pub fn clear(&mut self, f: u16) {
+    pub fn clear(&mut self, f: u32) {
         self.flags &= !f;
     }
 

@@ -246,3 +246,21 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Fixes glibc's mmap threshold at `bytes` (`mallopt(M_MMAP_THRESHOLD)`), which also turns off
+/// its dynamic growth: every allocation of at least `bytes` (a large message's reassembly
+/// buffer, a large send queue) is its own mapping, returned to the kernel when it is freed,
+/// instead of a piece of a heap that fragments and keeps its pages. 0 leaves the allocator as
+/// it is; elsewhere than glibc it does nothing.
+pub fn fix_mmap_threshold(bytes: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if let Ok(n) = libc::c_int::try_from(bytes)
+        && n > 0
+    {
+        // SAFETY: mallopt has no memory preconditions; it only changes a tunable of glibc's
+        // allocator (M_MMAP_THRESHOLD, at most 32 MiB on 64-bit: a larger value is refused).
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, n);
+        }
+    }
+}

@@ -19,7 +19,7 @@ use std::sync::mpsc::Sender;
 
 use super::budget::Turn;
 use super::buffers::{RecvPool, SendArena, SendOp, SendPool, SendQueue};
-use super::ring::{Accepted, Completion, Event, Key, Op, Received, Ring, Sent};
+use super::ring::{Accepted, Completion, Event, Hangup, Key, Op, Received, Ring, Sent};
 use super::slots::{ConnState, Phase, Slot, Slots, TimerKind, flag};
 use super::sys;
 use super::tls::{TlsConn, TlsFailure, TlsShared, WorkerTls};
@@ -853,6 +853,33 @@ impl<H: Handler> Engine<H> {
         }
     }
 
+    /// The hang-up poll of a paused connection ended: a reset ends the connection as a broken
+    /// receive would; a FIN lifts the pause, so that the rest of the peer's input is read to
+    /// its end.
+    fn on_hangup(&mut self, key: Key, seen: Hangup) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let st = &mut slot.st;
+        st.ops -= 1;
+        st.clear(flag::WATCH_HUP | flag::WATCH_CANCEL);
+        self.sh.touch(key, st);
+        match seen {
+            Hangup::Canceled => {}
+            Hangup::Fin => st.set(flag::PEER_FIN),
+            Hangup::Reset => {
+                st.set(flag::PEER_DONE | flag::SEND_DEAD);
+                if let Some(q) = st.send.as_mut() {
+                    q.discard_queued();
+                }
+                if matches!(st.phase, Phase::Handshaking | Phase::Open) {
+                    slot.core.transport_closed();
+                    self.end_tcp(key);
+                }
+            }
+        }
+    }
+
     fn on_recv_end(&mut self, key: Key, result: Received, more: bool) {
         let Some(slot) = self.slots.get(key) else {
             return;
@@ -1337,6 +1364,7 @@ impl<H: Handler> Engine<H> {
         let Some(slot) = self.slots.get(key) else {
             return;
         };
+        watch_hangup(&mut self.sh, key, &mut slot.st);
         if slot.st.phase == Phase::Closed && slot.st.ops == 0 {
             self.free(key);
         }
@@ -1568,7 +1596,9 @@ impl<H: Handler> Engine<H> {
         sys::release_free_memory();
     }
 
-    /// Closes the open connections that hold the most, largest first, until `bytes` are freed:
+    /// Closes the open connections that hold the most, largest first, until `bytes` are freed
+    /// (never one that holds at most a receive buffer: a client that reads its answers is not
+    /// what exceeds the budget):
     /// their queued output is dropped and Close 1013 queued, with the grace to leave; one with a
     /// send in flight (a peer that does not read) is ended at once, so that its batch is freed
     /// too.
@@ -1581,7 +1611,7 @@ impl<H: Handler> Engine<H> {
                 let Slot { core, st } = self.slots.get(k)?;
                 let n = u64::from(st.held_bytes).max(st.queued_bytes() as u64);
                 let open = st.phase == Phase::Open && core.state() == State::Open;
-                (open && n > 0).then_some((n, k))
+                (open && self.sh.mem.holds_much(n)).then_some((n, k))
             })
             .collect();
         self.keys = keys;
@@ -1720,6 +1750,22 @@ fn send_arena(ring: &Ring, cfg: &Config) -> Option<SendArena> {
     SendArena::new(ring, cfg.send_buffers_per_worker, chunk_bytes)
         .map_err(|e| eprintln!("ringws: registered send buffers unavailable ({e}); using sendmsg"))
         .ok()
+}
+
+/// While a connection's reading is paused its hang-up is watched, so that a peer that leaves
+/// is seen with nothing read from it; the poll is cancelled once reading resumes or the
+/// connection ends (it is counted in the slot's ops, so the slot waits for it).
+fn watch_hangup(sh: &mut Shared, key: Key, st: &mut ConnState) {
+    let paused = st.has(flag::RECV_PAUSED) && !st.has(flag::PEER_DONE | flag::PEER_FIN);
+    let want = paused && st.phase == Phase::Open;
+    if want && !st.has(flag::WATCH_HUP) {
+        st.set(flag::WATCH_HUP);
+        let fd = st.fd;
+        sh.submit(st, Op::WatchHangup { key, fd });
+    } else if !want && st.has(flag::WATCH_HUP) && !st.has(flag::WATCH_CANCEL) {
+        st.set(flag::WATCH_CANCEL);
+        sh.ops.push(Op::CancelHangup { key });
+    }
 }
 
 fn discarded(mut q: Box<SendQueue>) -> Box<SendQueue> {
@@ -1876,6 +1922,7 @@ impl<H: Handler> Worker<H> {
             }
             Event::Shutdown { key } => self.eng.on_shutdown_done(key),
             Event::Close { key } => self.eng.on_close_done(key),
+            Event::Hangup { key, seen } => self.eng.on_hangup(key, seen),
             Event::Wake => self.on_wake(),
             Event::CancelAccept | Event::CancelRecv => {}
         }
