@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Soak test (not CI): DURATION seconds (default 600) of mixed load against two `ringws serve`
-# processes, an echo server (echo, connect/disconnect churn, hostile peers) and a pubsub server
-# (fanout to 16 subscribers), driven by the soak client in tests/hardening_soak.rs. Every
+# Soak test (not CI): DURATION seconds (default 600) of mixed load against three `ringws serve`
+# processes, an echo server (echo, connect/disconnect churn, hostile peers), a pubsub server
+# (fanout to 16 subscribers) and a wss:// echo server (echo, churn, a non-reader and a slow
+# reader over TLS, with a throw-away CA made by openssl), driven by the soak client in tests/hardening_soak.rs. Every
 # SAMPLE_S seconds (default 10) it records each server's RSS (/proc/PID/status VmRSS), its open
 # descriptors (/proc/PID/fd) and its /metrics gauges, into reports/soak/samples.csv.
 #
@@ -21,6 +22,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh # make_tls_certs (its start_server is replaced by the one below)
 duration="${DURATION:-600}"
 while [ $# -gt 0 ]; do
     case $1 in
@@ -58,27 +61,38 @@ start_server() {
         sleep 0.1
     done
     local addr
-    addr=$(sed -n 's|^listening on ws://||p' "$log")
+    addr=$(sed -n 's|^listening on wss*://||p' "$log")
     [ -n "$addr" ] || { echo "soak: $name did not start"; cat "$log"; exit 1; }
     printf -v "${name}_pid" '%s' "$pid"
     printf -v "${name}_addr" '%s' "$addr"
 }
 
+make_tls_certs "$out/certs"
 start_server echo --handshake-timeout-ms 2000 --close-timeout-ms 2000 \
     --ping-interval-ms 5000 --pong-timeout-ms 5000
 start_server pubsub --mode pubsub
-echo "soak: echo server $echo_addr (pid $echo_pid), pubsub server $pubsub_addr (pid $pubsub_pid), $duration s"
+start_server wss --handshake-timeout-ms 2000 --close-timeout-ms 2000 \
+    --ping-interval-ms 5000 --pong-timeout-ms 5000 \
+    --tls-cert "$out/certs/server.crt" --tls-key "$out/certs/server.key"
+echo "soak: echo server $echo_addr (pid $echo_pid), pubsub server $pubsub_addr (pid $pubsub_pid)," \
+    "wss echo server $wss_addr (pid $wss_pid), $duration s"
+servers="echo pubsub wss"
 
-metric() { # metric ADDR NAME -> value
-    curl -s "http://$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'
+metric() { # metric ADDR NAME -> value (the wss server's /metrics over TLS)
+    local url="http://$1/metrics"
+    [ "$1" = "$wss_addr" ] && url="https://$1/metrics"
+    curl -s --cacert "$out/certs/ca.crt" "$url" | awk -v n="$2" '$1 == n { print $2 }'
 }
 fds() { ls "/proc/$1/fd" | wc -l; }
 rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 
-fds_before_echo=$(fds "$echo_pid")
-fds_before_pubsub=$(fds "$pubsub_pid")
+for s in $servers; do
+    pid_var="${s}_pid"
+    printf -v "fds_before_$s" '%s' "$(fds "${!pid_var}")"
+done
 
 SOAK_ECHO_ADDR=$echo_addr SOAK_PUBSUB_ADDR=$pubsub_addr SOAK_SECS=$duration SOAK_WINDOW_S=$window_s \
+    SOAK_WSS_ADDR=$wss_addr SOAK_TLS_CA="$out/certs/ca.crt" \
     cargo test --release --test hardening_soak -- --ignored --nocapture >"$out/client.log" 2>&1 &
 client=$!
 pids+=("$client")
@@ -88,12 +102,12 @@ echo "t_s,server,rss_kb,fds,open,fixed_files,slab_slots" >"$csv"
 start=$(date +%s)
 while kill -0 "$client" 2>/dev/null; do
     t=$(($(date +%s) - start))
-    for s in echo pubsub; do
+    for s in $servers; do
         pid_var="${s}_pid" addr_var="${s}_addr"
         pid=${!pid_var} addr=${!addr_var}
         echo "$t,$s,$(rss_kb "$pid"),$(fds "$pid"),$(metric "$addr" 'ringws_connections{state="open"}'),$(metric "$addr" ringws_fixed_files_in_use),$(metric "$addr" ringws_slab_slots)" >>"$csv"
     done
-    tail -n 2 "$csv" | sed 's/^/soak: /'
+    tail -n 3 "$csv" | sed 's/^/soak: /'
     # Sleep in small steps so the end of the client is seen at once.
     for _ in $(seq "$((sample_s * 10))"); do
         kill -0 "$client" 2>/dev/null || break
@@ -115,8 +129,8 @@ awk -F, 'NR > 1 { t[NR] = $1; s[NR] = $2; r[NR] = $3 / 1024; if ($1 > tmax) tmax
         printf "<line x1=\"%d\" y1=\"30\" x2=\"%d\" y2=\"%d\" stroke=\"black\"/>\n", L, L, H - B
         printf "<text x=\"4\" y=\"34\">%.0f</text><text x=\"4\" y=\"%d\">0</text>\n", rmax, H - B
         printf "<text x=\"%d\" y=\"%d\">%d s</text>\n", W - 60, H - 10, tmax
-        split("echo pubsub", names, " "); split("#1f77b4 #d62728", colors, " ")
-        for (k = 1; k <= 2; k++) {
+        split("echo pubsub wss", names, " "); split("#1f77b4 #d62728 #2ca02c", colors, " ")
+        for (k = 1; k <= 3; k++) {
             pts = ""
             for (i = 2; i <= n; i++) if (s[i] == names[k])
                 pts = pts sprintf("%.1f,%.1f ", L + (W - 10 - L) * t[i] / tmax, (H - B) - (H - B - 30) * r[i] / rmax)
@@ -134,7 +148,7 @@ if [ "$client_ok" != 0 ]; then
 fi
 
 # RSS trend per server over the last 2/3 of the samples.
-for s in echo pubsub; do
+for s in $servers; do
     verdict=$(awk -F, -v s="$s" -v gmin="$growth_min_kb" -v gpct="$growth_pct" '
         $2 == s { t[n] = $1; r[n] = $3; n++ }
         END {
@@ -154,7 +168,7 @@ for s in echo pubsub; do
 done
 
 # Back to idle: no connection, slot or descriptor left behind.
-for s in echo pubsub; do
+for s in $servers; do
     pid_var="${s}_pid" addr_var="${s}_addr" before_var="fds_before_$s"
     pid=${!pid_var} addr=${!addr_var}
     ok=0
@@ -172,7 +186,8 @@ for s in echo pubsub; do
     after=$(fds "$pid")
     echo "soak: $s idle again: $([ $ok = 1 ] && echo yes || echo NO), descriptors ${!before_var} before, $after after"
     if [ $ok != 1 ] || [ "$after" -gt "${!before_var}" ]; then
-        curl -s "http://$addr/metrics" | grep -E "connections|fixed_files|slab" || true
+        curl -s --cacert "$out/certs/ca.crt" "http://$addr/metrics" "https://$addr/metrics" 2>/dev/null |
+            grep -E "connections|fixed_files|slab" || true
         fail=1
     fi
 done

@@ -7,6 +7,9 @@
 //!   must receive every number, once, in order;
 //! - hostile: slow handshakes, junk handshakes, unmasked and oversized frames, resets mid-frame.
 //!
+//! - wss: with `SOAK_WSS_ADDR` and `SOAK_TLS_CA` (a PEM CA file) set, echo and churn over TLS
+//!   against a third server (the same checks).
+//!
 //! Any lost, duplicated or reordered message fails it.
 //!
 //! `SOAK_ECHO_ADDR=127.0.0.1:P SOAK_PUBSUB_ADDR=127.0.0.1:Q SOAK_SECS=60 cargo test --release
@@ -14,6 +17,8 @@
 mod common;
 #[path = "common/hostile.rs"]
 mod hostile;
+#[path = "common/tls.rs"]
+mod tls;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -23,6 +28,10 @@ use std::time::{Duration, Instant};
 
 use common::{Client, Event};
 use hostile::{Rng, raw_connect, raw_frame, raw_upgrade, reset, upgrade_request};
+use ringws::proto::connection::MessageKind;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tls::WssClient;
 
 const MASK: Option<[u8; 4]> = Some([5, 6, 7, 8]);
 
@@ -67,34 +76,66 @@ fn record(windows: &mut Windows, start: Instant, rtt: Duration) {
     let _ = windows[w].record(rtt.as_micros() as u64);
 }
 
+/// What the echo loop needs of a client, over ws:// or wss://.
+trait Peer {
+    fn send_text(&mut self, m: &str) -> std::io::Result<()>;
+    fn recv(&mut self) -> std::io::Result<Event>;
+    /// Sends Close 1000 and checks that it is answered (and, over ws://, the TCP end).
+    fn close_checked(self);
+}
+
+impl Peer for Client {
+    fn send_text(&mut self, m: &str) -> std::io::Result<()> {
+        Client::send_text(self, m)
+    }
+    fn recv(&mut self) -> std::io::Result<Event> {
+        Client::recv(self)
+    }
+    fn close_checked(mut self) {
+        self.close(1000, "").unwrap();
+        assert_eq!(self.recv().unwrap(), Event::Close(1000, String::new()));
+        self.read_to_eof().unwrap();
+    }
+}
+
+impl Peer for WssClient {
+    fn send_text(&mut self, m: &str) -> std::io::Result<()> {
+        self.send(MessageKind::Text, m.as_bytes())
+    }
+    fn recv(&mut self) -> std::io::Result<Event> {
+        WssClient::recv(self)
+    }
+    fn close_checked(mut self) {
+        self.close(1000, "").unwrap();
+        assert_eq!(self.recv().unwrap(), Event::Close(1000, String::new()));
+    }
+}
+
 /// Pipelined echo on one connection until `end`; checks every echo and records the round trip
-/// of each batch's messages.
-fn echo(addr: SocketAddr, id: u64, end: Instant, counts: &Counts) -> Windows {
-    let mut rng = Rng::new(id + 1);
-    let mut c = Client::connect(addr).unwrap();
+/// of each batch's messages. `tag` names the messages and the failures.
+fn echo(mut c: impl Peer, tag: &str, id: u64, end: Instant, counts: &Counts) -> Windows {
+    let mut rng = Rng::new(id + 1 + tag.len() as u64 * 0x7155);
     let mut n = 0u64;
     let (start, mut windows) = (Instant::now(), Windows::new());
     while Instant::now() < end {
         let sent_at = Instant::now();
         let batch: Vec<String> = (0..1 + rng.below(16))
-            .map(|i| payload(&mut rng, format!("e{id}/{n}/{i}:")))
+            .map(|i| payload(&mut rng, format!("{tag}{id}/{n}/{i}:")))
             .collect();
         for m in &batch {
             c.send_text(m).unwrap();
         }
         for m in batch {
             match c.recv().unwrap() {
-                Event::Text(t) => assert!(t == m, "echo {id}: lost or reordered at {n}"),
-                other => panic!("echo {id}: unexpected {other:?}"),
+                Event::Text(t) => assert!(t == m, "{tag} echo {id}: lost or reordered at {n}"),
+                other => panic!("{tag} echo {id}: unexpected {other:?}"),
             }
             record(&mut windows, start, sent_at.elapsed());
             counts.echoed.fetch_add(1, Relaxed);
         }
         n += 1;
     }
-    c.close(1000, "").unwrap();
-    assert_eq!(c.recv().unwrap(), Event::Close(1000, String::new()));
-    c.read_to_eof().unwrap();
+    c.close_checked();
     windows
 }
 
@@ -175,6 +216,92 @@ fn churn(addr: SocketAddr, id: u64, end: Instant, counts: &Counts) {
         counts.sessions.fetch_add(1, Relaxed);
         s += 1;
     }
+}
+
+/// The wss:// side, if `SOAK_WSS_ADDR` is set: its address and a client configuration that
+/// trusts the CA in the PEM file `SOAK_TLS_CA` (TLS 1.3 and 1.2, ALPN http/1.1).
+fn wss_target() -> Option<(SocketAddr, Arc<rustls::ClientConfig>)> {
+    let addr = std::env::var("SOAK_WSS_ADDR").ok()?.parse().unwrap();
+    let ca = std::env::var("SOAK_TLS_CA").expect("SOAK_WSS_ADDR needs SOAK_TLS_CA");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Some((addr, Arc::new(c)))
+}
+
+/// Connect over wss://, a few messages, leave: cleanly (checked), by dropping the TCP
+/// connection, or by a reset in the middle of a record.
+fn wss_churn(addr: SocketAddr, config: Arc<rustls::ClientConfig>, end: Instant, counts: &Counts) {
+    let mut rng = Rng::new(0x5eed);
+    let mut s = 0;
+    while Instant::now() < end {
+        let mut c = WssClient::connect(addr, config.clone()).unwrap();
+        let msgs: Vec<String> = (0..rng.below(10))
+            .map(|i| payload(&mut rng, format!("wc/{s}/{i}:")))
+            .collect();
+        for m in &msgs {
+            c.send(MessageKind::Text, m.as_bytes()).unwrap();
+        }
+        match rng.below(10) {
+            0..=6 => {
+                for m in msgs {
+                    assert_eq!(c.recv().unwrap(), Event::Text(m), "wss churn {s}");
+                    counts.echoed.fetch_add(1, Relaxed);
+                }
+                c.close(1000, "").unwrap();
+                assert_eq!(c.recv().unwrap(), Event::Close(1000, String::new()));
+            }
+            7 | 8 => drop(c),
+            _ => reset(c.stream.sock.try_clone().unwrap()),
+        }
+        counts.sessions.fetch_add(1, Relaxed);
+        if s % 50 == 0 {
+            wss_heavy(addr, config.clone(), counts);
+        }
+        s += 1;
+    }
+}
+
+/// Over wss://: a peer that sends and never reads (the server stops reading it), then one that
+/// reads its echoes slowly (all must arrive).
+fn wss_heavy(addr: SocketAddr, config: Arc<rustls::ClientConfig>, counts: &Counts) {
+    if let Ok(mut c) = WssClient::connect(addr, config.clone()) {
+        c.stream
+            .sock
+            .set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let big = vec![9u8; 64 * 1024];
+        for _ in 0..256 {
+            if c.send(MessageKind::Binary, &big).is_err() {
+                break; // blocked: the server stopped reading us
+            }
+        }
+        reset(c.stream.sock.try_clone().unwrap());
+    }
+    let mut c = WssClient::connect(addr, config).unwrap();
+    let msg = vec![3u8; 4096];
+    for _ in 0..256 {
+        c.send(MessageKind::Binary, &msg).unwrap();
+    }
+    for i in 0..256 {
+        if i % 16 == 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        match c.recv().unwrap() {
+            Event::Binary(b) => assert_eq!(b.len(), msg.len(), "wss slow reader: echo {i}"),
+            other => panic!("wss slow reader: unexpected {other:?}"),
+        }
+    }
+    c.close(1000, "").unwrap();
+    counts.heavy.fetch_add(1, Relaxed);
 }
 
 /// A subscriber: every published number, once, in order, until "end N".
@@ -276,7 +403,9 @@ fn soak_client() {
     let echoes: Vec<_> = (0..4)
         .map(|id| {
             let counts = counts.clone();
-            std::thread::spawn(move || echo(echo_addr, id, end, &counts))
+            std::thread::spawn(move || {
+                echo(Client::connect(echo_addr).unwrap(), "e", id, end, &counts)
+            })
         })
         .collect();
     {
@@ -302,6 +431,25 @@ fn soak_client() {
             }
         }));
     }
+    let wss_echoes: Vec<_> = match wss_target() {
+        Some((addr, config)) => {
+            let counts2 = counts.clone();
+            let c2 = config.clone();
+            threads.push(std::thread::spawn(move || {
+                wss_churn(addr, c2, end, &counts2)
+            }));
+            (0..2)
+                .map(|id| {
+                    let (counts, config) = (counts.clone(), config.clone());
+                    std::thread::spawn(move || {
+                        let c = WssClient::connect(addr, config).unwrap();
+                        echo(c, "w", id, end, &counts)
+                    })
+                })
+                .collect()
+        }
+        None => Vec::new(),
+    };
     let ready = Arc::new(AtomicU64::new(0));
     let subs: Vec<_> = (0..16)
         .map(|id| {
@@ -319,28 +467,8 @@ fn soak_client() {
     for t in threads {
         t.join().unwrap();
     }
-    let mut windows = Windows::new();
-    for t in echoes {
-        for (i, h) in t.join().unwrap().into_iter().enumerate() {
-            if windows.len() <= i {
-                windows.push(hdrhistogram::Histogram::new(3).unwrap());
-            }
-            windows[i].add(h).unwrap();
-        }
-    }
-    for (i, h) in windows.iter().enumerate() {
-        let w = window_s();
-        println!(
-            "soak latency {}-{} s: {} echoes, p50 {} us, p99 {} us, p99.9 {} us, max {} us",
-            i as u64 * w,
-            (i as u64 + 1) * w,
-            h.len(),
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.max()
-        );
-    }
+    print_windows("ws", echoes);
+    print_windows("wss", wss_echoes);
     println!(
         "soak client: {} echoes checked, {} churn sessions, {} published x 16 subscribers = {} \
          deliveries, {} hostile rounds, {} heavy rounds (non-reader, slow reader, ping flood), \
@@ -353,4 +481,31 @@ fn soak_client() {
         counts.heavy.load(Relaxed),
     );
     assert_eq!(counts.delivered.load(Relaxed), published * 16);
+}
+
+/// Merges the echo threads' windows and prints one latency line per window.
+fn print_windows(transport: &str, echoes: Vec<std::thread::JoinHandle<Windows>>) {
+    let mut windows = Windows::new();
+    for t in echoes {
+        for (i, h) in t.join().unwrap().into_iter().enumerate() {
+            if windows.len() <= i {
+                windows.push(hdrhistogram::Histogram::new(3).unwrap());
+            }
+            windows[i].add(h).unwrap();
+        }
+    }
+    let w = window_s();
+    for (i, h) in windows.iter().enumerate() {
+        println!(
+            "soak latency {transport} {}-{} s: {} echoes, p50 {} us, p99 {} us, p99.9 {} us, \
+             max {} us",
+            i as u64 * w,
+            (i as u64 + 1) * w,
+            h.len(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max()
+        );
+    }
 }
