@@ -377,3 +377,82 @@ fn resume_past_history_reports_gaps_and_fails() {
     assert!(value(&json, "missing") > 0.0, "{json}");
     assert_eq!(value(&json, "passed"), 0.0);
 }
+
+/// `fanout ... --shard I/2` for one shard, started in the background.
+fn shard(url: &str, i: u32, out: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ringws-load"))
+        .args(["fanout", "--url", url, "--conns", "301", "--size", "64"])
+        .args(["--broadcasts", "40", "--duration", "20", "--quiet"])
+        .args(["--shard", &format!("{i}/2"), "--deadline-s", "60"])
+        .args(["--out", out.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run ringws-load")
+}
+
+fn merge(out: &std::path::Path, inputs: &[&std::path::Path]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ringws-load"))
+        .arg("merge")
+        .arg(out)
+        .args(inputs)
+        .output()
+        .expect("run ringws-load merge")
+}
+
+/// One fanout driven by two processes (`--shard 1/2` publishes, `2/2` only subscribes) and
+/// their reports merged: every subscriber of both got every broadcast, the merged counts are
+/// the sums, and the merged histogram holds every delivery.
+#[test]
+fn a_fanout_split_over_two_shards_merges_into_the_whole_run() {
+    let (_server, url) = serve("broadcast");
+    let (o1, o2, merged) = (out_path("shard1"), out_path("shard2"), out_path("merged"));
+    let mut second = shard(&url, 2, &o2);
+    // The subscribers of 2/2 are connected (150 of 301) before 1/2 starts publishing.
+    let open = "ringws_connections{state=\"open\"}";
+    let ready = std::time::Instant::now();
+    while metric(&url, open) < 150 {
+        assert!(
+            ready.elapsed() < common::READ_TIMEOUT,
+            "shard 2/2 did not connect"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(shard(&url, 1, &o1).wait().unwrap().success(), "shard 1/2");
+    assert!(second.wait().unwrap().success(), "shard 2/2");
+    let (j1, j2) = (
+        std::fs::read_to_string(&o1).unwrap(),
+        std::fs::read_to_string(&o2).unwrap(),
+    );
+    assert_eq!(value(&j1, "connected"), 151.0, "shard 1 takes the odd one");
+    assert_eq!(value(&j2, "connected"), 150.0);
+    let out = merge(&merged, &[&o1, &o2]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = std::fs::read_to_string(&merged).unwrap();
+    assert_eq!(value(&m, "merged_shards"), 2.0);
+    assert_eq!(value(&m, "connected"), 301.0);
+    assert_eq!(value(&m, "broadcasts"), 40.0);
+    assert_eq!(value(&m, "broadcasts_complete"), 40.0);
+    assert_eq!(value(&m, "deliveries"), 40.0 * 301.0);
+    assert_eq!(value(&m, "missing"), 0.0);
+    let hist: serde_json::Value = serde_json::from_str(&m).unwrap();
+    let counted: u64 = hist["latency_histogram_ns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b[1].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        counted,
+        40 * 301,
+        "the merged histogram holds every delivery"
+    );
+    assert!(value(&m, "fanout_complete_max_ms") >= value(&j1, "fanout_complete_max_ms"));
+    // A shard short is refused, by name.
+    let out = merge(&merged, &[&o1]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shard 2/2 is missing"));
+}

@@ -16,6 +16,9 @@ fn main() -> ExitCode {
         println!("{}", ringws::load::args::USAGE);
         return ExitCode::SUCCESS;
     }
+    if argv.first().is_some_and(|a| a == "merge") {
+        return merge(&argv[1..]);
+    }
     let args = match Args::parse(&argv) {
         Ok(a) => a,
         Err(e) => {
@@ -44,6 +47,36 @@ fn main() -> ExitCode {
         }
         println!("report: {}  chart: {}", out.display(), chart.display());
     }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `ringws-load merge OUT.json IN.json...`: the shards' reports combined (table and JSON).
+fn merge(argv: &[String]) -> ExitCode {
+    let [out, inputs @ ..] = argv else {
+        eprintln!("ringws-load: usage: ringws-load merge OUT.json IN.json [IN.json...]");
+        return ExitCode::from(2);
+    };
+    let texts: Result<Vec<String>, _> = inputs.iter().map(fs::read_to_string).collect();
+    let report = match texts
+        .map_err(|e| e.to_string())
+        .and_then(|t| ringws::load::merge::merge(&t).map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ringws-load merge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{}", report.table());
+    if let Err(e) = fs::write(out, report.to_json()) {
+        eprintln!("ringws-load merge: writing {out}: {e}");
+        return ExitCode::from(1);
+    }
+    println!("report: {out}");
     if report.passed() {
         ExitCode::SUCCESS
     } else {

@@ -39,9 +39,19 @@ usage: ringws-load <echo|fanout|resume|connect|idle|handshakes> [options]
   --node-url ws://127.0.0.2:9002/  fanout: another node of the same cluster (repeatable);
                                subscribers are spread round robin over --url and these,
                                the publisher stays on --url (cross-node through a broker)
+  --shard I/N                  run part I (1-based) of N of the scenario, for several client
+                               machines (or processes) driving one test: --conns is the
+                               total, split over the shards; only shard 1 publishes (fanout),
+                               the others need --broadcasts. Start the others first, or give
+                               all the same --start-at-unix-ms. Merge the JSON reports with
+                               `ringws-load merge OUT.json IN.json...` (histograms included)
+  --start-at-unix-ms T         begin the measured phase at this wall-clock time (ms since
+                               1970), once connected: shards on several machines start
+                               together (fanout timestamps are wall-clock, keep clocks synced)
   --deflate                    offer permessage-deflate (RFC 7692) on every connection;
                                JSON-like payloads; echo sends >= 256 B compressed
   --quiet                      no progress line
+usage: ringws-load merge OUT.json IN.json [IN.json...]   combine the reports of the shards of one run
 scenarios: echo (round trips), fanout (one publisher, C subscribers), resume (fanout with churn
   and resume, see above), connect (open, report),
   idle (open, hold for --duration), handshakes (each connection opens, upgrades and closes
@@ -78,6 +88,15 @@ impl Scenario {
             Scenario::Handshakes => "handshakes",
         }
     }
+}
+
+/// `--shard I/N`: this process runs part `index` (1-based) of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+    /// Connections of the shards before this one (the ids of this one's start there).
+    pub first_id: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +142,10 @@ pub struct Args {
     pub churn_ms: u64,
     /// resume: and stays away this long.
     pub down_ms: u64,
+    /// `--shard I/N` (after parsing, `conns` is this shard's part of the total).
+    pub shard: Option<Shard>,
+    /// `--start-at-unix-ms`: the measured phase begins at this wall-clock time.
+    pub start_at_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,7 +249,28 @@ impl Args {
             }
         }
         a.validate()?;
+        a.split_for_shard();
         Ok(a)
+    }
+
+    /// With `--shard I/N`: `conns` becomes this shard's part of the total (the first
+    /// `total % N` shards take one more), and its ids start after the earlier shards'.
+    fn split_for_shard(&mut self) {
+        let Some(s) = self.shard.as_mut() else { return };
+        let (total, n, i) = (
+            u64::from(self.conns),
+            u64::from(s.count),
+            u64::from(s.index - 1),
+        );
+        let part = |k: u64| total / n + u64::from(k < total % n);
+        s.first_id = (0..i).map(part).sum();
+        self.conns = part(i) as u32;
+    }
+
+    /// Whether this process runs the fanout publisher: a fanout scenario, and not a shard
+    /// other than the first.
+    pub fn has_publisher(&self) -> bool {
+        self.scenario.is_fanout() && self.shard.is_none_or(|s| s.index == 1)
     }
 
     fn defaults(scenario: Scenario) -> Args {
@@ -263,6 +307,8 @@ impl Args {
             topic: "bench".into(),
             churn_ms: 1_000,
             down_ms: 100,
+            shard: None,
+            start_at_unix_ms: None,
         }
     }
 
@@ -297,6 +343,17 @@ impl Args {
             "--grace-ms" => self.grace_ms = num(flag, v)?,
             "--churn-ms" => self.churn_ms = num(flag, v)?,
             "--down-ms" => self.down_ms = num(flag, v)?,
+            "--start-at-unix-ms" => self.start_at_unix_ms = Some(num(flag, v)?),
+            "--shard" => {
+                let (i, n) = v
+                    .split_once('/')
+                    .ok_or_else(|| ArgError("--shard takes I/N, e.g. 2/3".into()))?;
+                self.shard = Some(Shard {
+                    index: num(flag, i)?,
+                    count: num(flag, n)?,
+                    first_id: 0,
+                });
+            }
             "--mode" => match v {
                 "broadcast" => self.pubsub_topic = None,
                 "pubsub" => self.pubsub_topic = Some(self.topic.clone()),
@@ -351,6 +408,17 @@ impl Args {
         if self.scenario == Scenario::Handshakes && self.deflate {
             return err("handshakes: --deflate measures nothing there");
         }
+        if let Some(s) = self.shard {
+            if s.count == 0 || s.index == 0 || s.index > s.count || s.count > self.conns {
+                return err("--shard I/N needs 1 <= I <= N <= --conns");
+            }
+            if self.scenario == Scenario::Resume {
+                return err("resume cannot be sharded (its publisher checks every subscriber)");
+            }
+            if self.scenario.is_fanout() && s.index > 1 && self.broadcasts.is_none() {
+                return err("a fanout shard other than 1/N needs --broadcasts (what to expect)");
+            }
+        }
         if self.workers == Some(0) || self.src_ips == Some(0) || self.src_ips > Some(254) {
             return err("--workers must be >= 1 and --src-ips in 1 ..= 254");
         }
@@ -359,7 +427,7 @@ impl Args {
 
     /// Connections including the fanout publisher.
     pub fn total_conns(&self) -> u32 {
-        self.conns + u32::from(self.scenario.is_fanout())
+        self.conns + u32::from(self.has_publisher())
     }
 
     /// Client rings: as asked, else enough that none holds more than `CONNS_PER_WORKER_MAX`.

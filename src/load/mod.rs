@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod merge;
 pub mod payload;
 pub mod report;
 pub mod run;

@@ -240,6 +240,12 @@ pub struct Report {
     pub server_cpu_run_s: f64,
     /// CPU seconds the load generator itself used during the run phase (is it the limit?).
     pub client_cpu_run_s: f64,
+    /// `--shard I/N`: which part of the run this report is (None: the whole run, or a merge).
+    pub shard: Option<(u32, u32)>,
+    /// The merged reports' shards, for a report made by `ringws-load merge` (else 0).
+    pub merged_shards: u32,
+    /// The latency histogram's buckets, `(value_ns, count)`: reports merge by them.
+    pub latency_buckets: Vec<(u64, u64)>,
 }
 
 fn per_s(count: u64, secs: f64) -> f64 {
@@ -408,6 +414,12 @@ impl Report {
                 num(self.server_cpu_us_per_message()),
             ),
             ("client_cpu_run_s", num(self.client_cpu_run_s)),
+            (
+                "shard",
+                self.shard
+                    .map_or("null".into(), |(i, n)| json_str(&format!("{i}/{n}"))),
+            ),
+            ("merged_shards", num(f64::from(self.merged_shards))),
             ("client_recv_enobufs", num(self.client_recv_enobufs as f64)),
             ("connect_retries", num(self.connect_retries as f64)),
         ]
@@ -437,6 +449,12 @@ impl Report {
             .map(|&(p, v)| format!("[{}, {}]", num(p), num(us(v))))
             .collect();
         let _ = writeln!(out, "  \"latency_curve_us\": [{}],", curve.join(", "));
+        let buckets: Vec<String> = self
+            .latency_buckets
+            .iter()
+            .map(|&(v, n)| format!("[{v}, {n}]"))
+            .collect();
+        let _ = writeln!(out, "  \"latency_histogram_ns\": [{}],", buckets.join(", "));
         let timeline: Vec<String> = self
             .timeline
             .iter()
@@ -456,16 +474,25 @@ impl Report {
             "  \"timeline\": [\n    {}\n  ],",
             timeline.join(",\n    ")
         );
+        // A shard's report keeps every broadcast: the merge needs them all.
+        let keep = if self.shard.is_some() {
+            usize::MAX
+        } else {
+            10_000
+        };
         let per: Vec<String> = self
             .broadcasts
             .iter()
-            .take(10_000)
+            .take(keep)
             .map(|b| {
                 format!(
-                    "{{\"seq\": {}, \"deliveries\": {}, \"complete_ms\": {}}}",
+                    "{{\"seq\": {}, \"deliveries\": {}, \"complete_ms\": {}, \"sent_unix_ns\": {}, \
+                     \"last_unix_ns\": {}}}",
                     b.seq,
                     b.deliveries,
-                    num(ms(b.complete_ns))
+                    num(ms(b.complete_ns)),
+                    b.sent_ns,
+                    b.last_ns
                 )
             })
             .collect();

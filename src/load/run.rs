@@ -69,7 +69,7 @@ pub fn cpu_s(pid: Option<u32>) -> f64 {
 pub fn setups(args: &Args, workers: u32) -> Vec<Setup> {
     let per = args.conns / workers;
     let extra = args.conns % workers;
-    let mut first_id = 0u64;
+    let mut first_id = args.shard.map_or(0, |s| s.first_id);
     (0..workers)
         .map(|w| {
             let conns = per + u32::from(w < extra);
@@ -77,7 +77,7 @@ pub fn setups(args: &Args, workers: u32) -> Vec<Setup> {
                 index: w as usize,
                 conns,
                 first_id,
-                publisher: w == 0 && args.scenario.is_fanout(),
+                publisher: w == 0 && args.has_publisher(),
                 cpu: (!args.pin_cpus.is_empty())
                     .then(|| args.pin_cpus[w as usize % args.pin_cpus.len()]),
             };
@@ -263,17 +263,24 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
         let open = shared.open.load(Ordering::Relaxed);
         let failed = shared.failed.load(Ordering::Relaxed);
         match p {
-            phase::CONNECT if open + failed >= total => {
+            phase::CONNECT if open + failed >= total && start_due(args) => {
                 clock.connect_end_ns = shared.last_open_ns.load(Ordering::Relaxed).max(1);
                 rss.connected_bytes = rss_bytes(args.server_pid);
                 if args.scenario == Scenario::Connect || open == 0 {
                     clock.run_end_ns = now;
                     break;
                 }
-                let publisher = u64::from(args.scenario.is_fanout());
+                let publisher = u64::from(args.has_publisher());
                 shared
                     .subscribers_open
                     .store(open.saturating_sub(publisher), Ordering::Release);
+                if args.scenario.is_fanout() && !args.has_publisher() {
+                    // A shard without the publisher: it expects `--broadcasts` from shard 1 and
+                    // only waits for them (its drain lasts the duration and the grace).
+                    let expected = args.broadcasts.unwrap_or(0);
+                    shared.published.store(expected, Ordering::Release);
+                    shared.publish_done.store(true, Ordering::Release);
+                }
                 clock.server_cpu_s.0 = cpu_s(args.server_pid);
                 clock.client_cpu_s.0 = cpu_s(Some(std::process::id()));
                 clock.run_start_ns = shared.now_ns();
@@ -297,13 +304,18 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
                 shared.phase.store(p, Ordering::Release);
             }
             phase::DRAIN => {
-                let open = shared.open.load(Ordering::Acquire).saturating_sub(1);
+                let publisher = u64::from(args.has_publisher());
+                let open = shared
+                    .open
+                    .load(Ordering::Acquire)
+                    .saturating_sub(publisher);
                 let subscribers = open.min(shared.subscribers_open.load(Ordering::Acquire));
                 let want = shared.published.load(Ordering::Acquire) * subscribers;
                 let got = shared.messages.load(Ordering::Acquire);
                 // Resume: also wait for the subscribers still away (they come back with a replay).
                 let away = shared.away.load(Ordering::Acquire);
-                if (got >= want && away == 0) || now >= drain_start_ns + args.grace_ms * 1_000_000 {
+                let wait_ms = args.grace_ms + if publisher == 0 { args.duration_ms } else { 0 };
+                if (got >= want && away == 0) || now >= drain_start_ns + wait_ms * 1_000_000 {
                     clock.run_end_ns = now;
                     break;
                 }
@@ -319,6 +331,12 @@ fn drive(args: &Args, shared: &Shared, rss: &mut Rss, timeline: &mut Vec<Sample>
         sample(args, shared, shared.now_ns(), last, p, timeline);
     }
     clock
+}
+
+/// Whether the measured phase may begin (`--start-at-unix-ms`, else at once).
+fn start_due(args: &Args) -> bool {
+    args.start_at_unix_ms
+        .is_none_or(|at| crate::load::stats::unix_ns() / 1_000_000 >= at)
 }
 
 fn sample(
@@ -380,6 +398,10 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         }
         published = published.max(o.published);
     }
+    // A shard without the publisher: what it expected.
+    published = published.max(shared.published.load(Ordering::Relaxed));
+    report.shard = args.shard.map(|s| (s.index, s.count));
+    report.latency_buckets = latency.buckets();
     // The connected count includes the publisher; the report counts subscribers.
     if args.scenario == Scenario::Resume {
         resumes.resume_p50_ns = resume_latency.quantile_ns(0.5);
@@ -387,7 +409,9 @@ fn merge(args: &Args, shared: &Shared, outcomes: &[Outcome], clock: &Clock) -> R
         report.resumes = Some(resumes);
     }
     if args.scenario.is_fanout() {
-        report.connected = report.connected.saturating_sub(1);
+        report.connected = report
+            .connected
+            .saturating_sub(u64::from(args.has_publisher()));
         report.deliveries = report.messages;
         report.messages = published;
         report.broadcasts = broadcasts.results(published);

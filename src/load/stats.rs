@@ -54,6 +54,22 @@ impl Latency {
         }
     }
 
+    /// The recorded buckets as `(value_ns, count)`, lowest first: what a report carries so that
+    /// the reports of several shards merge into the histogram of the whole run.
+    pub fn buckets(&self) -> Vec<(u64, u64)> {
+        self.hist
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect()
+    }
+
+    /// Adds buckets written by [`Latency::buckets`] (of this or another histogram).
+    pub fn add_buckets(&mut self, buckets: &[(u64, u64)]) {
+        for &(value_ns, count) in buckets {
+            let _ = self.hist.record_n(value_ns.clamp(1, LATENCY_NS_MAX), count);
+        }
+    }
+
     /// Points `(percentile, value_ns)` for a percentile curve: 0, 50, 90, 99, 99.9, … up to the max.
     pub fn curve(&self) -> Vec<(f64, u64)> {
         let mut points = Vec::new();
@@ -95,6 +111,10 @@ pub struct BroadcastResult {
     pub deliveries: u32,
     /// From the send timestamp until the last subscriber received it.
     pub complete_ns: u64,
+    /// The send timestamp and the last receipt (wall clock, ns since 1970: shards merge by
+    /// them); 0 when never received.
+    pub sent_ns: u64,
+    pub last_ns: u64,
 }
 
 impl Broadcasts {
@@ -131,11 +151,15 @@ impl Broadcasts {
                         seq,
                         deliveries: d,
                         complete_ns: self.last_ns[i].saturating_sub(self.sent_ns[i]),
+                        sent_ns: self.sent_ns[i],
+                        last_ns: self.last_ns[i],
                     },
                     _ => BroadcastResult {
                         seq,
                         deliveries: 0,
                         complete_ns: 0,
+                        sent_ns: 0,
+                        last_ns: 0,
                     },
                 }
             })
@@ -152,4 +176,12 @@ pub fn complete_quantile_ns(results: &[BroadcastResult], subscribers: u32, quant
         .collect();
     done.sort_unstable();
     quantile_sorted(&done, quantile)
+}
+
+/// The wall clock in ns since 1970: the fanout timestamps, comparable across processes and
+/// (with synchronised clocks) across machines, so that sharded runs merge.
+pub fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }

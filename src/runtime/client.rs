@@ -144,6 +144,10 @@ pub struct Plan {
 /// Counters and the phase, shared by all workers and the main thread.
 pub struct Shared {
     pub epoch: Instant,
+    /// The wall clock at `epoch` (ns since 1970): fanout timestamps are `epoch_unix_ns` plus
+    /// the time since `epoch`, so that the shards of one run (other processes, other machines)
+    /// measure against the same clock.
+    pub epoch_unix_ns: u64,
     pub phase: AtomicU8,
     /// Nanoseconds since `epoch` when the RUN phase began.
     pub run_start_ns: AtomicU64,
@@ -171,6 +175,7 @@ impl Shared {
     pub fn new() -> Shared {
         Shared {
             epoch: Instant::now(),
+            epoch_unix_ns: crate::load::stats::unix_ns(),
             phase: AtomicU8::new(phase::CONNECT),
             run_start_ns: AtomicU64::new(0),
             open: AtomicU64::new(0),
@@ -328,6 +333,8 @@ struct RecvCtx<'a> {
     size: usize,
     template: &'a [u8],
     now_ns: u64,
+    /// `now_ns` on the wall clock (`Shared::epoch_unix_ns`), what fanout timestamps use.
+    wire_now_ns: u64,
     seq: &'a mut SeqTracker,
     echo_counter: u64,
     echo_ok: bool,
@@ -444,10 +451,10 @@ impl RecvCtx<'_> {
                     ) =>
             {
                 self.seq.observe(seq, &mut self.out.seq);
-                self.out.broadcasts.record(seq, sent_ns, self.now_ns);
+                self.out.broadcasts.record(seq, sent_ns, self.wire_now_ns);
                 self.out
                     .latency
-                    .record_ns(self.now_ns.saturating_sub(sent_ns));
+                    .record_ns(self.wire_now_ns.saturating_sub(sent_ns));
                 self.out.messages += 1;
             }
             _ => self.out.errors.mismatch += 1,
@@ -1248,6 +1255,7 @@ impl Worker {
                 plan: &self.plan,
                 template: &self.template,
                 now_ns,
+                epoch_unix_ns: self.shared.epoch_unix_ns,
                 out: &mut self.out,
                 lend: &mut self.lend,
                 tls_error: None,
@@ -1481,6 +1489,7 @@ impl Worker {
         let seq = self.published;
         let size = self.plan.size;
         let sent_ns = self.shared.now_ns();
+        let wire_sent_ns = sent_ns + self.shared.epoch_unix_ns;
         let template = &self.template;
         let c = &mut self.conns[i as usize];
         // Sent plain even with deflate agreed: the server compresses the broadcast once.
@@ -1491,7 +1500,7 @@ impl Worker {
                 &mut c.proto,
                 &mut c.pending,
                 size,
-                |body| payload::write_fanout(body, template, seq, sent_ns),
+                |body| payload::write_fanout(body, template, seq, wire_sent_ns),
             ),
             Some(topic) => {
                 // `pub <topic> <payload>`: subscribers receive the payload alone.
@@ -1506,7 +1515,12 @@ impl Worker {
                         body[..4].copy_from_slice(b"pub ");
                         body[4..prefix - 1].copy_from_slice(topic.as_bytes());
                         body[prefix - 1] = b' ';
-                        payload::write_fanout_text(&mut body[prefix..], template, seq, sent_ns);
+                        payload::write_fanout_text(
+                            &mut body[prefix..],
+                            template,
+                            seq,
+                            wire_sent_ns,
+                        );
                     },
                 )
             }
@@ -1751,6 +1765,8 @@ struct Env<'a> {
     plan: &'a Plan,
     template: &'a [u8],
     now_ns: u64,
+    /// `Shared::epoch_unix_ns`.
+    epoch_unix_ns: u64,
     out: &'a mut Outcome,
     lend: &'a mut Lend,
     /// Why the TLS session failed, when it did.
@@ -1852,6 +1868,7 @@ fn on_frames(c: &mut Conn, data: &mut [u8], env: &mut Env<'_>) -> DataOutcome {
         size: env.plan.size,
         template: env.template,
         now_ns: env.now_ns,
+        wire_now_ns: env.now_ns + env.epoch_unix_ns,
         seq: &mut c.seq,
         echo_counter: c.echo_counter,
         echo_ok: false,
