@@ -204,6 +204,45 @@ fn command_line_parses_and_refuses_non_loopback_targets() {
         args("fanout --node-url ws://10.0.0.2:9101/").is_err(),
         "loopback only"
     );
+    // The test's own namespaces: only inside the /16 of a non-loopback --src-base.
+    let ns = args("fanout --src-base 10.77.0.1 --src-ips 4 --url ws://10.77.1.10:9101/").unwrap();
+    assert_eq!(ns.src_base, std::net::Ipv4Addr::new(10, 77, 0, 1));
+    assert!(args("fanout --src-base 10.77.0.1 --url ws://10.78.1.10:9101/").is_err());
+    assert!(args("fanout --src-base 10.77.0.1 --node-url ws://192.168.1.1:9101/").is_err());
+    assert!(
+        args("fanout --src-base 127.0.0.5").is_err(),
+        "loopback sources start at .1"
+    );
+}
+
+#[test]
+fn shards_split_the_connections_and_only_the_first_publishes() {
+    let parts: Vec<_> = (1..=3)
+        .map(|i| args(&format!("fanout --conns 10 --broadcasts 5 --shard {i}/3")).unwrap())
+        .collect();
+    let conns: Vec<u32> = parts.iter().map(|a| a.conns).collect();
+    assert_eq!(conns, [4, 3, 3]);
+    let first: Vec<u64> = parts.iter().map(|a| a.shard.unwrap().first_id).collect();
+    assert_eq!(first, [0, 4, 7]);
+    let publishers: Vec<bool> = parts.iter().map(|a| a.has_publisher()).collect();
+    assert_eq!(publishers, [true, false, false]);
+    assert_eq!(parts[0].total_conns(), 5, "shard 1 adds the publisher");
+    assert_eq!(parts[1].total_conns(), 3);
+    assert!(
+        args("fanout --shard 2/3").is_err(),
+        "the others need --broadcasts"
+    );
+    assert!(args("fanout --shard 4/3 --broadcasts 5").is_err());
+    assert!(args("fanout --shard 0/3 --broadcasts 5").is_err());
+    assert!(
+        args("fanout --conns 2 --shard 1/3").is_err(),
+        "more shards than connections"
+    );
+    assert!(args("resume --shard 1/2").is_err());
+    assert!(
+        args("echo --shard 2/2").unwrap().conns == 50,
+        "echo splits too"
+    );
 }
 
 #[test]

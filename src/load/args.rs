@@ -19,6 +19,10 @@ usage: ringws-load <echo|fanout|resume|connect|idle|handshakes> [options]
   --out FILE.json              JSON report; the SVG chart goes next to it
   --server-pid PID             read the server's VmRSS at each phase
   --src-ips N                  source addresses 127.0.0.1 ..= 127.0.0.N               [auto]
+  --src-base IP                the first source address (then IP+1 ...)          [127.0.0.1]
+                               with one outside 127.0.0.0/8, --url and --node-url may
+                               be in its /16: network namespaces made for the test
+                               (scripts/loadtest_nodes.sh NETNS=1); never anything else
   --interval-ms T              fanout: one broadcast every T ms (default: back to back)
   --inflight K                 fanout back to back: broadcasts in flight at most      [1]
   --broadcasts B               fanout: stop after B broadcasts
@@ -142,6 +146,8 @@ pub struct Args {
     pub churn_ms: u64,
     /// resume: and stays away this long.
     pub down_ms: u64,
+    /// `--src-base`: the first source address.
+    pub src_base: Ipv4Addr,
     /// `--shard I/N` (after parsing, `conns` is this shard's part of the total).
     pub shard: Option<Shard>,
     /// `--start-at-unix-ms`: the measured phase begins at this wall-clock time.
@@ -180,7 +186,8 @@ pub struct Url {
     pub tls: bool,
 }
 
-/// `ws://HOST:PORT/PATH` or `wss://…` (default port 80 or 443). Loopback only.
+/// `ws://HOST:PORT/PATH` or `wss://…` (default port 80 or 443). Where it may point is
+/// checked with the other options (`Args::validate`: loopback, or the test's namespaces).
 pub fn parse_url(url: &str) -> Result<Url, ArgError> {
     let (rest, tls) = if let Some(r) = url.strip_prefix("ws://") {
         (r, false)
@@ -204,11 +211,6 @@ pub fn parse_url(url: &str) -> Result<Url, ArgError> {
         host.parse()
             .map_err(|_| ArgError(format!("--url host must be an IPv4 address: {host:?}")))?
     };
-    if !addr.is_loopback() {
-        return err(format!(
-            "--url must be a loopback address (127.0.0.0/8), not {addr}"
-        ));
-    }
     Ok(Url {
         host: authority.to_string(),
         addr,
@@ -309,6 +311,7 @@ impl Args {
             down_ms: 100,
             shard: None,
             start_at_unix_ms: None,
+            src_base: Ipv4Addr::LOCALHOST,
         }
     }
 
@@ -343,6 +346,11 @@ impl Args {
             "--grace-ms" => self.grace_ms = num(flag, v)?,
             "--churn-ms" => self.churn_ms = num(flag, v)?,
             "--down-ms" => self.down_ms = num(flag, v)?,
+            "--src-base" => {
+                self.src_base = v
+                    .parse()
+                    .map_err(|_| ArgError(format!("--src-base: not an IPv4 address: {v:?}")))?
+            }
             "--start-at-unix-ms" => self.start_at_unix_ms = Some(num(flag, v)?),
             "--shard" => {
                 let (i, n) = v
@@ -407,6 +415,25 @@ impl Args {
         }
         if self.scenario == Scenario::Handshakes && self.deflate {
             return err("handshakes: --deflate measures nothing there");
+        }
+        let base = self.src_base.octets();
+        let ours = |a: Ipv4Addr| {
+            a.is_loopback() || (!self.src_base.is_loopback() && a.octets()[..2] == base[..2])
+        };
+        for a in std::iter::once(self.addr).chain(self.nodes.iter().map(|n| n.0)) {
+            if !ours(a) {
+                return err(format!(
+                    "--url and --node-url must be loopback addresses (127.0.0.0/8), or in the \
+                     /16 of a --src-base outside it (the test's own namespaces), not {a}"
+                ));
+            }
+        }
+        if u32::from(self.src_base)
+            .checked_add(self.src_ips.unwrap_or(1))
+            .is_none()
+            || (self.src_base.is_loopback() && self.src_base != Ipv4Addr::LOCALHOST)
+        {
+            return err("--src-base: 127.0.0.1, or an address outside 127.0.0.0/8 with room");
         }
         if let Some(s) = self.shard {
             if s.count == 0 || s.index == 0 || s.index > s.count || s.count > self.conns {

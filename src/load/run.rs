@@ -100,6 +100,7 @@ fn plan(args: &Args, src_ips: u32) -> Plan {
             .map(|&(a, p)| SocketAddrV4::new(a, p))
             .collect(),
         src_ips,
+        src_base: args.src_base,
         size: args.size,
         subscribers: u64::from(args.conns),
         interval_ms: args.interval_ms,

@@ -114,8 +114,9 @@ pub struct Plan {
     /// Other nodes of the cluster: subscribers are spread round robin over `server` and these;
     /// the publisher stays on `server`.
     pub nodes: Vec<std::net::SocketAddrV4>,
-    /// Sources are 127.0.0.1 ..= 127.0.0.src_ips.
+    /// Sources are `src_base` and the `src_ips - 1` addresses after it.
     pub src_ips: u32,
+    pub src_base: std::net::Ipv4Addr,
     pub size: usize,
     pub subscribers: u64,
     pub interval_ms: Option<u64>,
@@ -736,8 +737,9 @@ impl Worker {
             });
         }
         let mut addrs = vec![sockaddr(*plan.server.ip(), plan.server.port())];
-        for k in 1..=plan.src_ips {
-            addrs.push(sockaddr(std::net::Ipv4Addr::new(127, 0, 0, k as u8), 0));
+        for k in 0..plan.src_ips {
+            let src = std::net::Ipv4Addr::from(u32::from(plan.src_base) + k);
+            addrs.push(sockaddr(src, 0));
         }
         // After the sources: the other nodes (see `Worker::destination`).
         for n in &plan.nodes {
