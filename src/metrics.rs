@@ -33,6 +33,9 @@
 //! | `ringws_memory_budget_bytes` | gauge | the memory budget |
 //! | `ringws_memory_used_bytes` | gauge | bytes buffered by the engine, counted against the budget |
 //! | `ringws_memory_budget_closes_total` | counter | connections closed 1013 because the budget stayed exceeded |
+//! | `ringws_history_topics` | gauge | with history on: topics whose history is held |
+//! | `ringws_history_resumes_total`, `ringws_history_gaps_total` | counter | resumes from a position, and those that were a gap |
+//! | `ringws_history_evicted_total`, `ringws_history_forgotten_total` | counter | topic histories dropped at `history_topics_max`, or because the node may have missed messages |
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -127,6 +130,8 @@ pub struct Metrics {
     pub broker: Option<Arc<crate::broker::BrokerMetrics>>,
     /// The server's memory budget and its use.
     pub memory: Option<Arc<crate::runtime::budget::MemoryBudget>>,
+    /// The topics' history, when it is on (`Config::history_messages_max`).
+    pub(crate) history: Option<Arc<crate::topics::HistoryStore>>,
 }
 
 fn sum(ws: &[Arc<WorkerMetrics>], f: impl Fn(&WorkerMetrics) -> &AtomicU64) -> u64 {
@@ -346,6 +351,9 @@ impl Metrics {
         if let Some(m) = &self.memory {
             render_memory(&mut out, m);
         }
+        if let Some(h) = &self.history {
+            render_history(&mut out, h);
+        }
         out
     }
 }
@@ -377,6 +385,45 @@ fn render_memory(out: &mut String, m: &crate::runtime::budget::MemoryBudget) {
     }
 }
 
+fn render_history(out: &mut String, h: &crate::topics::HistoryStore) {
+    let lines = [
+        (
+            "ringws_history_topics",
+            "gauge",
+            "Topics whose history is held.",
+            h.topics_held() as u64,
+        ),
+        (
+            "ringws_history_resumes_total",
+            "counter",
+            "Subscriptions that resumed from a position (psub with a position).",
+            h.resumes.load(Relaxed),
+        ),
+        (
+            "ringws_history_gaps_total",
+            "counter",
+            "Resumes that were a gap: the position was no longer held, or of another epoch.",
+            h.gaps.load(Relaxed),
+        ),
+        (
+            "ringws_history_evicted_total",
+            "counter",
+            "Topic histories dropped to stay within Config::history_topics_max.",
+            h.evicted.load(Relaxed),
+        ),
+        (
+            "ringws_history_forgotten_total",
+            "counter",
+            "Topic histories dropped because the node may have missed messages (broker).",
+            h.forgotten.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, n) in lines {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {n}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +440,7 @@ mod tests {
         let m = Metrics {
             workers: vec![a, b],
             broker: None,
+            history: None,
             memory: Some(Arc::new(crate::runtime::budget::MemoryBudget::new(1 << 20))),
         };
         let text = m.render();

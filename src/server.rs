@@ -108,8 +108,8 @@ where
     let hub = crate::broker::Hub::new(&config)?;
     crate::runtime::sys::fix_mmap_threshold(config.allocator_mmap_threshold_bytes);
     let memory = Arc::new(crate::runtime::budget::MemoryBudget::for_config(&config));
-    let publisher =
-        Publisher::new(mailboxes.into(), deflate, history, memory.clone()).with_broker(hub.clone());
+    let publisher = Publisher::new(mailboxes.into(), deflate, history.clone(), memory.clone())
+        .with_broker(hub.clone());
     let per_worker: Vec<_> = (0..config.workers)
         .map(|_| Arc::new(WorkerMetrics::default()))
         .collect();
@@ -117,6 +117,7 @@ where
         workers: per_worker.clone(),
         broker: hub.as_ref().map(|h| h.metrics.clone()),
         memory: Some(memory),
+        history: history.clone(),
     });
     let cfg = Arc::new(config);
     let tls = match cfg.tls {

@@ -46,6 +46,9 @@ pub(crate) struct HistoryStore {
     pub evicted: AtomicU64,
     /// Topic histories dropped because the node may have missed messages (see `forget`).
     pub forgotten: AtomicU64,
+    /// Resumes from a position, and those of them that were a gap.
+    pub resumes: AtomicU64,
+    pub gaps: AtomicU64,
 }
 
 impl HistoryStore {
@@ -59,6 +62,8 @@ impl HistoryStore {
             made: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             forgotten: AtomicU64::new(0),
+            resumes: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
         }
     }
 
@@ -128,6 +133,11 @@ impl HistoryStore {
             .fetch_add((before - map.len()) as u64, Relaxed);
     }
 
+    /// Topics whose history is held now.
+    pub(crate) fn topics_held(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Gives the next message of `topic` its position, keeps the frame `make` builds for it, and
     /// runs `post` with both while the lock is held (so mailboxes see offsets in order).
     pub(crate) fn publish(
@@ -162,6 +172,8 @@ impl HistoryStore {
         };
         let replay = h.replay_after(from, now);
         let gap = matches!(replay, Replay::Gap(_));
+        self.resumes.fetch_add(1, Relaxed);
+        self.gaps.fetch_add(u64::from(gap), Relaxed);
         let frames = replay
             .messages()
             .iter()

@@ -178,6 +178,16 @@ fn history_past_its_limit_is_a_gap_then_what_is_held() {
     assert_eq!(text(&mut stranger), "ok psub t gap");
     let first_held = positioned(&text(&mut stranger)).0;
     assert_eq!(first_held.offset, 17);
+    // /metrics counts the three resumes from a position, two of them gaps, on one topic.
+    let text = server.metrics().render();
+    for line in [
+        "ringws_history_topics 1\n",
+        "ringws_history_resumes_total 3\n",
+        "ringws_history_gaps_total 2\n",
+        "ringws_history_evicted_total 0\n",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
     drop((sub, again, stranger));
     server.shutdown();
     server.join().unwrap();
