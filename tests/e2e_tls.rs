@@ -7,7 +7,6 @@ mod tls;
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use common::{Event, serve, test_config};
@@ -15,8 +14,9 @@ use ringws::metrics::WorkerMetrics;
 use ringws::modes::Echo;
 use ringws::proto::connection::MessageKind;
 use ringws::{Config, ServerHandle};
+use rustls::ContentType;
 use rustls::pki_types::ServerName;
-use tls::{WssClient, setup, tls12, tls13};
+use tls::{RawTls12, Record, WssClient, client_hello, setup, tls12, tls12_raw, tls13};
 
 fn tls_server(tag: &str, tune: impl FnOnce(&mut Config)) -> (tls::Ca, ServerHandle) {
     let (ca, settings, _dir) = setup(tag);
@@ -88,15 +88,6 @@ fn raw(s: &ServerHandle) -> TcpStream {
 /// A TLS alert record (content type 21), fatal (level 2), with this description.
 fn is_alert(bytes: &[u8], description: u8) -> bool {
     bytes.len() >= 7 && bytes[0] == 21 && bytes[5] == 2 && bytes[6] == description
-}
-
-/// The ClientHello a rustls client would send first.
-fn client_hello(config: Arc<rustls::ClientConfig>) -> Vec<u8> {
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
-    let mut hello = Vec::new();
-    conn.write_tls(&mut hello).unwrap();
-    hello
 }
 
 #[test]
@@ -441,6 +432,125 @@ fn broadcast_frames_are_encrypted_for_each_subscriber() {
             assert_eq!(c.recv().unwrap(), Event::Binary(payload.clone()));
         }
     }
+    s.shutdown();
+    s.join().unwrap();
+}
+
+/// A TLS 1.2 connection past its handshake and one echo, taken over from rustls (the test
+/// seals and opens its records from here on).
+fn raw_tls12(s: &ServerHandle, ca: &tls::Ca) -> RawTls12 {
+    let mut c = WssClient::connect(s.local_addr(), tls12_raw(ca)).unwrap();
+    c.send(MessageKind::Text, b"before").unwrap();
+    assert_eq!(c.recv().unwrap(), Event::Text("before".into()));
+    c.into_raw_tls12()
+}
+
+/// The handshake message of a fresh TLS 1.2 ClientHello (the record's body), to be sent inside
+/// an established connection as a client-initiated renegotiation.
+fn renegotiation_hello(ca: &tls::Ca) -> Vec<u8> {
+    let hello = client_hello(tls12(ca));
+    assert_eq!(hello[0], 22, "a handshake record");
+    assert_eq!(hello[5], 1, "holding a ClientHello");
+    hello[5..].to_vec()
+}
+
+/// The `no_renegotiation` warning alert: level 1 (warning), description 100.
+const NO_RENEGOTIATION: [u8; 2] = [1, 100];
+
+/// Reads until the server ends TCP: the records it sent first (a reset counts as the end).
+fn records_until_closed(raw: &mut RawTls12) -> Vec<Record> {
+    let mut got = Vec::new();
+    loop {
+        match raw.read_record() {
+            Ok(r) => got.push(r),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                return got;
+            }
+            Err(e) => panic!("reading the server's records: {e}"),
+        }
+    }
+}
+
+fn echo(c: &mut WssClient, msg: &str) {
+    c.send(MessageKind::Text, msg.as_bytes()).unwrap();
+    assert_eq!(c.recv().unwrap(), Event::Text(msg.into()));
+}
+
+/// A client-initiated TLS 1.2 renegotiation, as rustls 0.23 answers it (`common_state.rs`,
+/// `TemperCounters`): the first ClientHello after the handshake gets a `no_renegotiation`
+/// warning alert and the connection goes on; the second is fatal to the connection
+/// (`TooManyRenegotiationRequests`), which ends without an alert (rustls queues none for it).
+/// Another connection echoes throughout.
+#[test]
+fn a_tls12_renegotiation_is_refused_with_a_warning_and_a_second_one_ends_the_connection() {
+    let (ca, s) = tls_server("reneg", |_| {});
+    let mut bystander = WssClient::connect(s.local_addr(), tls13(&ca)).unwrap();
+    let mut raw = raw_tls12(&s, &ca);
+    let hello = renegotiation_hello(&ca);
+    raw.send_record(ContentType::Handshake, &hello).unwrap();
+    let answer = raw.read_record().unwrap();
+    assert_eq!(
+        answer,
+        Record {
+            typ: ContentType::Alert,
+            plain: NO_RENEGOTIATION.to_vec()
+        }
+    );
+    // The connection goes on: a message after the refusal is echoed.
+    raw.send_message(MessageKind::Text, b"after the refusal")
+        .unwrap();
+    let rec = raw.read_record().unwrap();
+    assert_eq!(rec.typ, ContentType::ApplicationData);
+    assert_eq!(
+        raw.take_events(&rec.plain),
+        vec![Event::Text("after the refusal".into())]
+    );
+    echo(&mut bystander, "meanwhile");
+    assert_eq!(total(&s, |w| &w.tls_errors), 0);
+    // The second attempt: the connection ends, with nothing more sent.
+    raw.send_record(ContentType::Handshake, &hello).unwrap();
+    assert_eq!(records_until_closed(&mut raw), vec![]);
+    assert_eq!(total(&s, |w| &w.tls_errors), 1);
+    echo(&mut bystander, "still echoing");
+    s.shutdown();
+    s.join().unwrap();
+}
+
+/// A renegotiation flood: many connections each send hundreds of ClientHellos in one burst.
+/// Each costs the server one warning alert and then the connection (the rest is never
+/// parsed); the server answers nothing else and keeps echoing for a bystander.
+#[test]
+fn a_renegotiation_flood_costs_one_warning_then_the_connection() {
+    let (ca, s) = tls_server("renegflood", |_| {});
+    let mut bystander = WssClient::connect(s.local_addr(), tls13(&ca)).unwrap();
+    let hello = renegotiation_hello(&ca);
+    let (conns, attempts) = (16, 300);
+    let mut raws: Vec<RawTls12> = (0..conns).map(|_| raw_tls12(&s, &ca)).collect();
+    for raw in &mut raws {
+        let burst: Vec<u8> = (0..attempts)
+            .flat_map(|_| raw.seal(ContentType::Handshake, &hello))
+            .collect();
+        // The server may close while the burst is still being written.
+        let _ = raw.sock.write_all(&burst);
+    }
+    echo(&mut bystander, "during the flood");
+    for raw in &mut raws {
+        assert_eq!(
+            records_until_closed(raw),
+            vec![Record {
+                typ: ContentType::Alert,
+                plain: NO_RENEGOTIATION.to_vec()
+            }],
+            "one warning, then the end"
+        );
+    }
+    assert_eq!(total(&s, |w| &w.tls_errors), conns);
+    echo(&mut bystander, "after the flood");
     s.shutdown();
     s.join().unwrap();
 }

@@ -10,14 +10,13 @@ mod common;
 #[path = "common/hostile.rs"]
 mod hostile;
 
-use std::io::{ErrorKind, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use common::Client;
-use hostile::{eventually, metrics, raw_frame, raw_upgrade, spawn_server};
+use hostile::{
+    Flood, PlainPump, Reap, eventually, metrics, raw_frame, raw_upgrade, rss_bytes, spawn_server,
+};
 
 const BUDGET_BYTES: u64 = 256 << 20;
 const CLIENTS: usize = 1000;
@@ -25,44 +24,6 @@ const CLIENTS: usize = 1000;
 const FLOOD: Duration = Duration::from_secs(6);
 /// The liveness bound on one echo for the well-behaved client.
 const ECHO_WITHIN: Duration = Duration::from_secs(5);
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    kib * 1024
-}
-
-/// Writes `frame` over and over on every socket, without ever reading, until `stop`.
-fn flood(socks: Vec<TcpStream>, frame: Arc<Vec<u8>>, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
-    let mut at = vec![0usize; socks.len()];
-    let mut alive = vec![true; socks.len()];
-    while !stop.load(Relaxed) {
-        let mut progress = false;
-        for (i, mut s) in socks.iter().enumerate() {
-            if !alive[i] {
-                continue;
-            }
-            match s.write(&frame[at[i]..]) {
-                Ok(n) => {
-                    progress = true;
-                    sent.fetch_add(n as u64, Relaxed);
-                    at[i] = (at[i] + n) % frame.len();
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                // Closed by the server (1013, reset): that client is done.
-                Err(_) => alive[i] = false,
-            }
-        }
-        if !progress {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
 
 /// One echo round trip; the time it took.
 fn echo(c: &mut Client, n: u32) -> Duration {
@@ -73,16 +34,6 @@ fn echo(c: &mut Client, n: u32) -> Duration {
         other => panic!("well-behaved client got {other:?}"),
     }
     t.elapsed()
-}
-
-/// Kills the server child however the test ends.
-struct Reap(std::process::Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `rss_bound`: the most the server's RSS may reach.
@@ -123,22 +74,15 @@ fn budget_holds(payload_bytes: usize, rss_bound: u64) {
     let frame = Arc::new(raw_frame(0x82, &vec![0x5a; payload_bytes], Some([0; 4])));
     let mut socks = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
-        let s = raw_upgrade(addr).unwrap();
-        s.set_nonblocking(true).unwrap();
-        socks.push(s);
+        let sock = raw_upgrade(addr).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        socks.push(PlainPump {
+            sock,
+            frame: frame.clone(),
+            at: 0,
+        });
     }
-    let (stop, sent) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let half = socks.split_off(CLIENTS / 2);
-    let threads: Vec<_> = [socks, half]
-        .into_iter()
-        .map(|part| {
-            let (frame, stop, sent) = (frame.clone(), stop.clone(), sent.clone());
-            std::thread::spawn(move || flood(part, frame, stop, sent))
-        })
-        .collect();
+    let flood = Flood::start(socks);
 
     let start = Instant::now();
     // BUDGET_TRACE=1: the server's RSS and counts every 20 ms, to see where a peak comes from.
@@ -168,11 +112,7 @@ fn budget_holds(payload_bytes: usize, rss_bound: u64) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let m = metrics(addr);
-    stop.store(true, Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
-    let sent_mib = sent.load(Relaxed) >> 20;
+    let sent_mib = flood.stop() >> 20;
     eprintln!(
         "{payload_bytes} B messages: clients sent {sent_mib} MiB; server RSS {} MiB steady, \
          {} MiB max (budget {} MiB); used {} MiB at the end of the flood; {} closes 1013, \

@@ -218,13 +218,31 @@ pub const BASELINE: [(&str, u64); 5] = [
     ("ringws_slab_slots", 1),
 ];
 
+/// The same gauges read in process (`Metrics::render`, no /metrics connection): all back to 0.
+/// For a TLS server, whose port answers plaintext HTTP with a 400.
+pub const BASELINE_IN_PROCESS: [(&str, u64); 5] = [
+    ("ringws_connections{state=\"handshaking\"}", 0),
+    ("ringws_connections{state=\"open\"}", 0),
+    ("ringws_connections{state=\"closing\"}", 0),
+    ("ringws_fixed_files_in_use", 0),
+    ("ringws_slab_slots", 0),
+];
+
 /// Polls /metrics until every baseline gauge is back (bounded by [`SETTLE`]); the last
 /// differing gauges otherwise.
 pub fn back_to_baseline(addr: SocketAddr) -> Result<(), String> {
+    back_to_baseline_of(|| metrics(addr), &BASELINE)
+}
+
+/// Polls `sample` until every gauge of `baseline` is back (bounded by [`SETTLE`]).
+pub fn back_to_baseline_of(
+    mut sample: impl FnMut() -> HashMap<String, u64>,
+    baseline: &[(&str, u64)],
+) -> Result<(), String> {
     let start = Instant::now();
     loop {
-        let m = metrics(addr);
-        let off: Vec<String> = BASELINE
+        let m = sample();
+        let off: Vec<String> = baseline
             .iter()
             .filter(|(n, want)| m.get(*n) != Some(want))
             .map(|(n, want)| format!("{n} = {:?} (want {want})", m.get(*n)))
@@ -242,6 +260,16 @@ pub fn back_to_baseline(addr: SocketAddr) -> Result<(), String> {
 /// Asserts the baseline with the scenario's name in the message.
 pub fn assert_baseline(addr: SocketAddr, scenario: &str) {
     if let Err(off) = back_to_baseline(addr) {
+        panic!("after {scenario}: leaked: {off}");
+    }
+}
+
+/// Asserts [`BASELINE_IN_PROCESS`] on an in-process server.
+pub fn assert_baseline_in_process(server: &ringws::ServerHandle, scenario: &str) {
+    if let Err(off) = back_to_baseline_of(
+        || parse_metrics(&server.metrics().render()),
+        &BASELINE_IN_PROCESS,
+    ) {
         panic!("after {scenario}: leaked: {off}");
     }
 }
@@ -345,4 +373,114 @@ pub fn read_frame(s: &mut TcpStream) -> io::Result<(u8, Vec<u8>)> {
     let mut payload = vec![0u8; len as usize];
     s.read_exact(&mut payload)?;
     Ok((hdr[0], payload))
+}
+
+/// The resident memory of process `pid` (0 once it is gone).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    kib * 1024
+}
+
+/// Kills the server child however the test ends.
+pub struct Reap(pub Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One peer of a [`flood`]: writes what it can of the same message, over and over, without
+/// ever reading.
+pub trait Pump: Send {
+    /// Bytes written now (`WouldBlock` when none could be); another error ends this peer.
+    fn pump(&mut self) -> io::Result<usize>;
+}
+
+/// A plain `ws://` non-reader: one pre-built masked frame on a non-blocking socket.
+pub struct PlainPump {
+    pub sock: TcpStream,
+    pub frame: std::sync::Arc<Vec<u8>>,
+    pub at: usize,
+}
+
+impl Pump for PlainPump {
+    fn pump(&mut self) -> io::Result<usize> {
+        let n = self.sock.write(&self.frame[self.at..])?;
+        self.at = (self.at + n) % self.frame.len();
+        Ok(n)
+    }
+}
+
+/// Non-readers pumping on two threads (half the peers each), until [`Flood::stop`].
+pub struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Flood {
+    pub fn start<P: Pump + 'static>(mut peers: Vec<P>) -> Flood {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let half = peers.split_off(peers.len() / 2);
+        let threads = [peers, half]
+            .into_iter()
+            .map(|part| {
+                let (stop, sent) = (stop.clone(), sent.clone());
+                std::thread::spawn(move || pump_until(part, &stop, &sent))
+            })
+            .collect();
+        Flood {
+            stop,
+            sent,
+            threads,
+        }
+    }
+
+    /// Stops every peer; the bytes they wrote.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Pumps every peer until `stop`, counting the bytes written in `sent`.
+fn pump_until<P: Pump>(
+    mut peers: Vec<P>,
+    stop: &std::sync::atomic::AtomicBool,
+    sent: &std::sync::atomic::AtomicU64,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut alive = vec![true; peers.len()];
+    while !stop.load(Relaxed) {
+        let mut progress = false;
+        for (i, p) in peers.iter_mut().enumerate() {
+            if !alive[i] {
+                continue;
+            }
+            match p.pump() {
+                Ok(n) => {
+                    progress = true;
+                    sent.fetch_add(n as u64, Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Closed by the server (1013, reset): that peer is done.
+                Err(_) => alive[i] = false,
+            }
+        }
+        if !progress {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 }

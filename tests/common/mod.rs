@@ -312,8 +312,9 @@ pub fn listen_addr(child: &mut Child) -> SocketAddr {
     BufReader::new(child.stdout.take().expect("stdout is piped"))
         .read_line(&mut line)
         .unwrap();
-    line.trim()
-        .strip_prefix("listening on ws://")
+    let line = line.trim();
+    line.strip_prefix("listening on ws://")
+        .or_else(|| line.strip_prefix("listening on wss://"))
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
         .parse()
         .unwrap()
