@@ -358,6 +358,14 @@ impl Metrics {
     }
 }
 
+/// One unlabelled sample each, with its header: `(name, kind, help, value)`.
+fn samples(out: &mut String, lines: &[(&str, &str, &str, u64)]) {
+    for &(name, kind, help, n) in lines {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {n}");
+    }
+}
+
 fn render_memory(out: &mut String, m: &crate::runtime::budget::MemoryBudget) {
     let lines = [
         (
@@ -379,10 +387,7 @@ fn render_memory(out: &mut String, m: &crate::runtime::budget::MemoryBudget) {
             m.closes(),
         ),
     ];
-    for (name, kind, help, n) in lines {
-        header(out, name, kind, help);
-        let _ = writeln!(out, "{name} {n}");
-    }
+    samples(out, &lines);
 }
 
 fn render_history(out: &mut String, h: &crate::topics::HistoryStore) {
@@ -418,10 +423,7 @@ fn render_history(out: &mut String, h: &crate::topics::HistoryStore) {
             h.forgotten.load(Relaxed),
         ),
     ];
-    for (name, kind, help, n) in lines {
-        header(out, name, kind, help);
-        let _ = writeln!(out, "{name} {n}");
-    }
+    samples(out, &lines);
 }
 
 #[cfg(test)]

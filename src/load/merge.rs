@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 use super::report::{Errors, Report};
-use super::stats::{self, BroadcastResult, Broadcasts, Latency};
+use super::stats::{self, Broadcasts, Latency};
 
 /// Why reports cannot be merged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,21 +153,15 @@ fn add_broadcasts(into: &mut Broadcasts, r: &Value) {
     let Some(per) = r.get("per_broadcast").and_then(Value::as_array) else {
         return;
     };
-    let mut shard = Broadcasts::default();
-    for b in per {
-        let one = BroadcastResult {
-            seq: u(b, "seq"),
-            deliveries: u(b, "deliveries") as u32,
-            complete_ns: 0,
-            sent_ns: u(b, "sent_unix_ns"),
-            last_ns: u(b, "last_unix_ns"),
-        };
-        if one.deliveries > 0 {
-            shard.record(one.seq, one.sent_ns, one.last_ns);
-            shard.deliveries[one.seq as usize] = one.deliveries;
-        }
+    for b in per.iter().filter(|b| u(b, "deliveries") > 0) {
+        let deliveries = u(b, "deliveries") as u32;
+        into.add(
+            u(b, "seq"),
+            deliveries,
+            u(b, "sent_unix_ns"),
+            u(b, "last_unix_ns"),
+        );
     }
-    into.merge(&shard);
 }
 
 #[cfg(test)]

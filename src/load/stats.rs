@@ -120,23 +120,32 @@ pub struct BroadcastResult {
 impl Broadcasts {
     /// Counts one delivery of broadcast `seq` sent at `sent_ns` and received at `recv_ns`.
     pub fn record(&mut self, seq: u64, sent_ns: u64, recv_ns: u64) {
+        self.add(seq, 1, sent_ns, recv_ns);
+    }
+
+    /// Counts `deliveries` of broadcast `seq`, sent at `sent_ns`, the last received at
+    /// `last_ns` (another worker's or another shard's tally).
+    pub fn add(&mut self, seq: u64, deliveries: u32, sent_ns: u64, last_ns: u64) {
         let i = seq as usize;
         if i >= self.deliveries.len() {
             self.deliveries.resize(i + 1, 0);
             self.sent_ns.resize(i + 1, u64::MAX);
             self.last_ns.resize(i + 1, 0);
         }
-        self.deliveries[i] += 1;
+        self.deliveries[i] += deliveries;
         self.sent_ns[i] = self.sent_ns[i].min(sent_ns);
-        self.last_ns[i] = self.last_ns[i].max(recv_ns);
+        self.last_ns[i] = self.last_ns[i].max(last_ns);
     }
 
     pub fn merge(&mut self, other: &Broadcasts) {
         for i in 0..other.deliveries.len() {
             if other.deliveries[i] > 0 {
-                // Re-record through the same path so the bounds grow alike.
-                self.record(i as u64, other.sent_ns[i], other.last_ns[i]);
-                self.deliveries[i] += other.deliveries[i] - 1;
+                self.add(
+                    i as u64,
+                    other.deliveries[i],
+                    other.sent_ns[i],
+                    other.last_ns[i],
+                );
             }
         }
     }

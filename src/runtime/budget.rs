@@ -16,13 +16,14 @@
 //! spill (`ConnState::held_bytes`, updated when the slot is settled), each worker's pools
 //! (reassembly and inflate-output buffers kept for reuse, the compressor's output), and every
 //! shared frame once, from its encoding until its last reference drops ([`counted`]). Workers
-//! add their changes to one atomic once per loop turn, not per byte. Past the budget, reading
-//! pauses (from 3/4 of it, leaving room for what is on its way and the allocator's slack) on
-//! every connection the worker settles that holds more than one receive buffer
-//! (`recv_buffer_bytes`; so no large new input is buffered, while clients that read their
-//! answers are still served); once the use falls below 5/8 of the budget they are read again. If it is still past the budget after
-//! `memory_budget_grace_ms`, each worker closes its connections that hold the most, largest
-//! first, with 1013 (try again later), until it has freed its share of the excess over 5/8.
+//! add their changes to one atomic once per loop turn, not per byte. Past half of the budget,
+//! reading pauses on every connection the worker settles that holds more than one receive
+//! buffer (`recv_buffer_bytes`; so no large new input is buffered, while clients that read their
+//! answers are still served); once the use falls below 3/8 of the budget they are read again.
+//! If it stays past 3/4 for `memory_budget_grace_ms`, or at once when it is past the budget
+//! itself, each worker closes its connections that hold the most, largest first, with 1013
+//! (try again later), until it has freed its share of the excess over 3/8. The last quarter is
+//! for what is on its way and what is not counted (the allocator's slack, the program).
 //! The fixed buffers (receive ring, registered send buffers) count too.
 
 use std::sync::Arc;
@@ -263,9 +264,8 @@ impl Memory {
         self.budget.used_bytes.load(Relaxed) + self.pending
     }
 
-    /// Past the pause mark (3/4 of the budget): new reads pause. The quarter left is for what
-    /// is already on its way (receives completed before the pause took effect) and for the
-    /// allocator's own slack, so that the process stays within the budget.
+    /// Past the pause mark (half of the budget): new reads pause, so that what is already on
+    /// its way (receives completed before the pause took effect) stays below the shed mark.
     fn over(&self) -> bool {
         self.used() > pause_mark(self.budget.budget_bytes)
     }

@@ -869,13 +869,7 @@ impl<H: Handler> Engine<H> {
             Hangup::Fin => st.set(flag::PEER_FIN),
             Hangup::Reset => {
                 st.set(flag::PEER_DONE | flag::SEND_DEAD);
-                if let Some(q) = st.send.as_mut() {
-                    q.discard_queued();
-                }
-                if matches!(st.phase, Phase::Handshaking | Phase::Open) {
-                    slot.core.transport_closed();
-                    self.end_tcp(key);
-                }
+                self.after_input_end(key);
             }
         }
     }
@@ -901,6 +895,17 @@ impl<H: Handler> Engine<H> {
             }
         }
         self.sh.touch(key, st);
+        self.after_input_end(key);
+    }
+
+    /// What a broken socket (`SEND_DEAD`) or the end of the peer's input (`PEER_DONE`), as a
+    /// receive or the hang-up poll saw it, means: queued bytes are dropped, and an open
+    /// connection's TCP is ended.
+    fn after_input_end(&mut self, key: Key) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        let st = &mut slot.st;
         if st.has(flag::SEND_DEAD)
             && let Some(q) = st.send.as_mut()
         {
