@@ -141,8 +141,15 @@ fn budget_holds(payload_bytes: usize, rss_bound: u64) {
     );
     assert_eq!(m["ringws_memory_budget_bytes"], BUDGET_BYTES);
 
-    // They leave: the memory returns, within 1.25x of the steady state, in 10 s.
-    let returned = eventually(Duration::from_secs(10), || rss_bytes(pid) * 4 <= steady * 5);
+    // They leave: the memory returns, within 1.25x of the steady state, in 10 s. The
+    // well-behaved client goes on talking meanwhile: a client that stops reading for longer
+    // than the heartbeat's ping interval plus its pong timeout (6 s here) is rightly closed
+    // as dead, which is what CI once saw here when this wait did not echo.
+    let returned = eventually(Duration::from_secs(10), || {
+        echo_max = echo_max.max(echo(&mut good, n));
+        n += 1;
+        rss_bytes(pid) * 4 <= steady * 5
+    });
     let after = rss_bytes(pid);
     let m = metrics(addr);
     eprintln!(
@@ -160,6 +167,8 @@ fn budget_holds(payload_bytes: usize, rss_bound: u64) {
         after >> 20,
         steady >> 20
     );
+    // Only the well-behaved client is left open.
+    assert_eq!(m["ringws_connections{state=\"open\"}"], 1);
     echo(&mut good, n);
     drop(good);
 }
