@@ -140,6 +140,14 @@ pub trait Handler: 'static {
         let _ = conn;
     }
 
+    /// A positioned subscription ([`Conn::subscribe_from`]) started: `resume` says what was
+    /// replayed. The replayed messages follow whatever this callback sends, and the live ones
+    /// follow them. With history on one node this comes in the same loop turn as the
+    /// subscribe; with history in the broker (`Config::brokers`), once the broker answered.
+    fn on_resume(&mut self, conn: &mut Conn<'_>, topic: &str, resume: Resume) {
+        let _ = (conn, topic, resume);
+    }
+
     /// A message could not be queued because the connection's send queue was over
     /// `send_queue_bytes_max`; `what` says what the server did.
     fn on_backpressure(&mut self, id: ConnId, queued_bytes: usize, what: Backpressure) {
@@ -162,7 +170,7 @@ pub(crate) trait ConnOps {
     fn send(&mut self, kind: MessageKind, payload: &[u8]) -> bool;
     fn close(&mut self, code: u16, reason: &str);
     fn subscribe(&mut self, topic: &str);
-    fn subscribe_from(&mut self, topic: &str, from: Option<Position>) -> Option<Resume>;
+    fn subscribe_from(&mut self, topic: &str, from: Option<Position>) -> bool;
     fn unsubscribe(&mut self, topic: &str);
     fn publish(&mut self, topic: &str, frame: Frame);
     fn broadcast(&mut self, frame: Frame);
@@ -220,9 +228,10 @@ impl<'a> Conn<'a> {
     /// message of the topic then arrives as `<position> <payload>` (a text message for a text
     /// publish, binary for binary; the position is written as [`Position`]'s `Display`). With
     /// `from`, what the topic's history holds after it is replayed first, before any live
-    /// message, with no gap or duplicate at the seam. `None` when history is off
+    /// message, with no gap or duplicate at the seam. [`Handler::on_resume`] tells what was
+    /// replayed, before the replay. False when history is off
     /// (`Config::history_messages_max == 0`). Replaces a plain subscription to the same topic.
-    pub fn subscribe_from(&mut self, topic: &str, from: Option<Position>) -> Option<Resume> {
+    pub fn subscribe_from(&mut self, topic: &str, from: Option<Position>) -> bool {
         self.ops.subscribe_from(topic, from)
     }
 
@@ -230,7 +239,7 @@ impl<'a> Conn<'a> {
     /// subscribed). The frame is encoded once.
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) {
         let publisher = self.ops.publisher();
-        if publisher.history.is_some() {
+        if publisher.history_on() {
             // Sequenced publishes go through every mailbox, this worker's too, in offset order.
             publisher.publish(topic, msg);
             return;
@@ -367,6 +376,16 @@ pub(crate) enum Mail {
     Publish(Arc<str>, Frame, Option<Arc<Sequenced>>),
     /// A frame for every open connection.
     Broadcast(Frame),
+    /// The broker's history answered a resume (`req` is the worker's number for it): the
+    /// frames to replay, the topic's latest position then (None: it has no history), a gap.
+    Resumed {
+        id: ConnId,
+        topic: Arc<str>,
+        req: u64,
+        frames: Vec<Frame>,
+        last: Option<Position>,
+        gap: bool,
+    },
     /// Start the graceful shutdown.
     Shutdown,
 }
@@ -439,9 +458,19 @@ impl Publisher {
         }
     }
 
-    /// The topic history, when it is on.
+    /// The topic history on this node, when it is on and no broker keeps it.
     pub(crate) fn history(&self) -> Option<&HistoryStore> {
         self.history.as_deref()
+    }
+
+    /// Whether publishes get positions (history on, on this node or in the broker).
+    pub(crate) fn history_on(&self) -> bool {
+        self.history.is_some() || self.broker_history().is_some()
+    }
+
+    /// The broker, when it keeps the topic history for every node.
+    pub(crate) fn broker_history(&self) -> Option<&crate::broker::Hub> {
+        self.broker.as_deref().filter(|b| b.keeps_history())
     }
 
     /// Drops the history of the topics `which` names (see `HistoryStore::forget`).
@@ -522,6 +551,15 @@ impl Publisher {
     /// topic's next position and is kept for resumes.
     pub fn publish(&self, topic: &str, msg: Message<'_>) {
         let frame = self.encode(msg);
+        if let Some(b) = self.broker_history() {
+            // The broker gives the position, and brings it back to this node's subscribers too,
+            // so that every node delivers a topic in one order.
+            return b.publish(
+                crate::broker::Kind::Publish,
+                &Arc::from(topic),
+                &frame.plain,
+            );
+        }
         if self.history.is_none() {
             return self.publish_frame(topic, frame, None);
         }
@@ -550,6 +588,46 @@ impl Publisher {
                 }
             },
         );
+    }
+
+    /// A message of the broker's history (its plain frame, payload at `body`) to every local
+    /// worker, with its position.
+    pub(crate) fn deliver_positioned(
+        &self,
+        topic: Arc<str>,
+        frame: Frame,
+        position: Position,
+        text: bool,
+        body: usize,
+    ) {
+        let positioned = self.positioned_of_plain(position, &frame.plain, text, body);
+        let seq = Arc::new(Sequenced {
+            position,
+            frame: positioned,
+        });
+        for m in self.mailboxes.iter() {
+            m.post(Mail::Publish(
+                topic.clone(),
+                frame.clone(),
+                Some(seq.clone()),
+            ));
+        }
+    }
+
+    /// The positioned frame of a plain one (payload at `body`, text if `text`).
+    pub(crate) fn positioned_of_plain(
+        &self,
+        position: Position,
+        plain: &[u8],
+        text: bool,
+        body: usize,
+    ) -> Frame {
+        let payload = &plain[body..];
+        let msg = match std::str::from_utf8(payload) {
+            Ok(t) if text => Message::Text(t),
+            _ => Message::Binary(payload),
+        };
+        self.encode_positioned(position, msg)
     }
 
     /// `<position> <payload>`, framed once (text stays text: a position is ASCII).

@@ -7,7 +7,8 @@
 //!   The script makes the epoch if the hash is gone (a new topic, or Redis lost its data), adds
 //!   one to the offset, appends `{t: time, p: payload}` to the stream (`ringws:h:{topic}`) under
 //!   the id `<offset>-0` with `MAXLEN` the message bound, and `PUBLISH`es `<epoch> <offset>
-//!   <payload>` on the channel given, so live delivery and history are in one order.
+//!   <payload>` on the channel given, so live delivery and history are in one order. One call
+//!   takes a whole batch of messages (the publish thread's pipeline).
 //! - **replay**: reads the epoch, the latest offset and the entries after an offset, together.
 //!
 //! The answer follows the same contract as [`TopicHistory::replay_after`] (its tests compare
@@ -20,18 +21,29 @@ use redis::{Connection, RedisResult, Value};
 
 use crate::history::{HistoryLimits, Position};
 
+/// Publishes a batch: `KEYS` are each message's stream and meta keys in turn; `ARGV` is the
+/// `MAXLEN`, the epoch for a topic without one, the time, then each message's payload and
+/// channel. One call for a whole batch: Redis runs a script call far slower than the commands
+/// in it, so one per message would cost several times more.
 const PUBLISH_LUA: &str = r#"
-local epoch = redis.call('HGET', KEYS[2], 'e')
-if not epoch then
-  epoch = ARGV[3]
-  redis.call('HSET', KEYS[2], 'e', epoch)
+local out = {}
+for i = 1, #KEYS / 2 do
+  local h, m = KEYS[2 * i - 1], KEYS[2 * i]
+  local payload, channel = ARGV[2 * i + 2], ARGV[2 * i + 3]
+  local epoch = redis.call('HGET', m, 'e')
+  if not epoch then
+    epoch = ARGV[2]
+    redis.call('HSET', m, 'e', epoch)
+  end
+  local offset = redis.call('HINCRBY', m, 'o', 1)
+  redis.call('XADD', h, 'MAXLEN', ARGV[1], offset .. '-0', 't', ARGV[3], 'p', payload)
+  if channel ~= '' then
+    redis.call('PUBLISH', channel, epoch .. ' ' .. offset .. ' ' .. payload)
+  end
+  out[2 * i - 1] = epoch
+  out[2 * i] = offset
 end
-local offset = redis.call('HINCRBY', KEYS[2], 'o', 1)
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 't', ARGV[4], 'p', ARGV[1])
-if ARGV[5] ~= '' then
-  redis.call('PUBLISH', ARGV[5], epoch .. ' ' .. offset .. ' ' .. ARGV[1])
-end
-return {epoch, offset}
+return out
 "#;
 
 const REPLAY_LUA: &str = r#"
@@ -138,21 +150,67 @@ impl StreamHistory {
         now_ms: u64,
         new_epoch: u64,
     ) -> RedisResult<Position> {
-        let keys = [stream_key(topic), meta_key(topic)];
+        let mut out = Vec::with_capacity(1);
+        self.publish_batch(con, &[(topic, channel, payload)], now_ms, new_epoch, &mut out)?;
+        Ok(out[0])
+    }
+
+    /// Loads both scripts on `con` now (a new connection), so that the first call does not pay
+    /// for a `NOSCRIPT` round trip.
+    pub fn load(&mut self, con: &mut Connection) -> RedisResult<()> {
+        let p: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(PUBLISH_LUA)
+            .query(con)?;
+        let r: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(REPLAY_LUA)
+            .query(con)?;
+        self.publish_sha = Some(p);
+        self.replay_sha = Some(r);
+        Ok(())
+    }
+
+    /// [`StreamHistory::publish`] for many messages in one script call (atomic as a whole):
+    /// each `(topic, channel, payload)` in order, their positions appended to `out`. `Err`:
+    /// the fate of the batch is unknown (a broken link may have cut it off after Redis ran it).
+    pub fn publish_batch(
+        &mut self,
+        con: &mut Connection,
+        batch: &[(&str, &[u8], &[u8])],
+        now_ms: u64,
+        new_epoch: u64,
+        out: &mut Vec<Position>,
+    ) -> RedisResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut keys = Vec::with_capacity(2 * batch.len());
+        for (topic, _, _) in batch {
+            keys.push(stream_key(topic));
+            keys.push(meta_key(topic));
+        }
         let maxlen = self.limits.messages_max.to_string();
         let epoch = format!("{new_epoch:x}");
         let now = now_ms.to_string();
-        let args: [&[u8]; 5] = [
-            payload,
-            maxlen.as_bytes(),
-            epoch.as_bytes(),
-            now.as_bytes(),
-            channel,
-        ];
+        let mut args: Vec<&[u8]> = Vec::with_capacity(3 + 2 * batch.len());
+        args.extend([maxlen.as_bytes(), epoch.as_bytes(), now.as_bytes()]);
+        for (_, channel, payload) in batch {
+            args.push(payload);
+            args.push(channel);
+        }
         let v = Self::eval(con, &mut self.publish_sha, PUBLISH_LUA, &keys, &args)?;
-        let (epoch, offset): (String, u64) = redis::from_redis_value(v)?;
-        let epoch = parse_epoch(&epoch).ok_or_else(|| bad("epoch"))?;
-        Ok(Position { epoch, offset })
+        let flat: Vec<Value> = redis::from_redis_value(v)?;
+        if flat.len() != 2 * batch.len() {
+            return Err(bad("batch length"));
+        }
+        for pair in flat.chunks(2) {
+            let epoch: String = redis::from_redis_value(pair[0].clone())?;
+            let offset: u64 = redis::from_redis_value(pair[1].clone())?;
+            let epoch = parse_epoch(&epoch).ok_or_else(|| bad("epoch"))?;
+            out.push(Position { epoch, offset });
+        }
+        Ok(())
     }
 
     /// What a subscriber that has seen everything up to `after` has missed, at `now_ms`.

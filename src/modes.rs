@@ -4,7 +4,7 @@
 //! `pub <topic> <payload>`, and with history on `psub <topic> [<position>]`. A subscriber
 //! receives `<payload>` as a text message (`<position> <payload>` after `psub`).
 
-use crate::handler::{Conn, Handler, Message};
+use crate::handler::{Conn, Handler, Message, Resume};
 use crate::history::Position;
 
 /// Every message goes back unchanged.
@@ -62,6 +62,15 @@ pub fn parse_command(text: &str) -> Option<Command<'_>> {
 }
 
 impl Handler for PubSub {
+    /// `ok psub <topic> <replayed>` or `ok psub <topic> gap`; the replay follows.
+    fn on_resume(&mut self, conn: &mut Conn<'_>, topic: &str, resume: Resume) {
+        if resume.gap {
+            conn.send_text(&format!("ok psub {topic} gap"));
+        } else {
+            conn.send_text(&format!("ok psub {topic} {}", resume.replayed));
+        }
+    }
+
     fn on_message(&mut self, conn: &mut Conn<'_>, msg: Message<'_>) {
         let Message::Text(text) = msg else {
             conn.send_text("error: commands are text: sub|unsub|pub");
@@ -88,8 +97,8 @@ impl Handler for PubSub {
     }
 }
 
-/// `psub`: answers `ok psub <topic> <replayed>` or `ok psub <topic> gap`, then the replay
-/// follows and the subscription is live.
+/// `psub`: subscribes with positions; `on_resume` answers `ok psub <topic> <replayed>` or
+/// `ok psub <topic> gap`, then the replay follows and the subscription is live.
 fn psub(conn: &mut Conn<'_>, topic: &str, from: Option<&str>) {
     let from = match from.map(str::parse::<Position>) {
         None => None,
@@ -99,11 +108,9 @@ fn psub(conn: &mut Conn<'_>, topic: &str, from: Option<&str>) {
             return;
         }
     };
-    match conn.subscribe_from(topic, from) {
-        Some(r) if r.gap => conn.send_text(&format!("ok psub {topic} gap")),
-        Some(r) => conn.send_text(&format!("ok psub {topic} {}", r.replayed)),
-        None => conn.send_text("error: psub needs history (ringws serve --history N)"),
-    };
+    if !conn.subscribe_from(topic, from) {
+        conn.send_text("error: psub needs history (ringws serve --history N)");
+    }
 }
 
 #[cfg(test)]

@@ -102,8 +102,10 @@ where
         .map(|_| sys::eventfd().map(Mailbox::new))
         .collect::<io::Result<Vec<_>>>()?;
     let deflate = Arc::new(crate::handler::SharedDeflate::from_config(&config));
+    // With a broker, the broker keeps the history for every node (Redis Streams): no store here.
     let history = config
         .history_limits()
+        .filter(|_| config.brokers.is_empty())
         .map(|limits| Arc::new(HistoryStore::new(limits, config.history_topics_max)));
     let hub = crate::broker::Hub::new(&config)?;
     crate::runtime::sys::fix_mmap_threshold(config.allocator_mmap_threshold_bytes);

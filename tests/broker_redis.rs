@@ -496,81 +496,240 @@ fn topics_spread_over_two_redis_servers_by_consistent_hash() {
     }
 }
 
-/// History with a broker, as it stands: each node gives every message it delivers (its own and
-/// the other nodes') a position of its own. A positioned subscriber on node B gets node A's
-/// publishes and resumes on B without loss; a position from B presented to A is a gap; and once
-/// B had no subscriber left (so it left the Redis channel and may have missed messages) its old
-/// positions are a gap too. Never a silent loss. (One history shared in Redis Streams is the
-/// remaining part of issue #14.)
-#[test]
-fn positioned_subscribers_across_nodes_resume_on_their_node_and_see_a_gap_elsewhere() {
-    let redis = RedisServer::start();
-    let history = |c: &mut Config| c.history_messages_max = 1000;
-    let a = node(vec![redis.url()], history);
-    let b = node(vec![redis.url()], history);
-    let text = |c: &mut Client| loop {
+/// The next text message (the heartbeat's pings are skipped; a safety net of 30 s, so that a
+/// message that never comes fails the test instead of hanging it).
+fn text(c: &mut Client) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "no text message within 30 s");
         match c.recv().unwrap() {
             Event::Text(t) => break t,
             Event::Ping(_) => {}
             other => panic!("{other:?}"),
         }
-    };
-    let mut keeper = subscriber(&b, "news");
-    let mut sub = Client::connect(b.local_addr()).unwrap();
-    sub.send_text("psub news").unwrap();
-    assert_eq!(text(&mut sub), "ok psub news 0");
+    }
+}
+
+/// A positioned message: its position and payload.
+fn positioned(t: &str) -> (ringws::history::Position, String) {
+    let (p, payload) = t.split_once(' ').expect("<position> <payload>");
+    (p.parse().expect("a position"), payload.to_string())
+}
+
+/// `psub <topic> [<position>]` on a new connection to `node`; the connection and the answer.
+fn psub(node: &ServerHandle, from: Option<ringws::history::Position>) -> (Client, String) {
+    let mut c = Client::connect(node.local_addr()).unwrap();
+    match from {
+        Some(p) => c.send_text(&format!("psub news {p}")).unwrap(),
+        None => c.send_text("psub news").unwrap(),
+    }
+    let answer = text(&mut c);
+    (c, answer)
+}
+
+/// Checks a positioned stream: one epoch, offsets `1..=n` each once and in order, and every
+/// publisher's messages (`"<p>-<i>"`) each once and in order. Returns the count.
+fn assert_whole(got: &[(ringws::history::Position, String)], publishers: usize, per_pub: usize) {
+    let epoch = got[0].0.epoch;
+    for (k, (p, _)) in got.iter().enumerate() {
+        assert_eq!(
+            (p.epoch, p.offset),
+            (epoch, k as u64 + 1),
+            "message {k}: offsets run 1, 2, 3... with no gap or duplicate"
+        );
+    }
+    let mut per: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (_, t) in got {
+        let (p, i) = t.split_once('-').unwrap();
+        per.entry(p.parse().unwrap())
+            .or_default()
+            .push(i.parse().unwrap());
+    }
+    assert_eq!(per.len(), publishers);
+    for (p, seq) in per {
+        assert_eq!(
+            seq,
+            (0..per_pub).collect::<Vec<_>>(),
+            "publisher {p}: every message once, in order"
+        );
+    }
+}
+
+/// With a broker and history on, the broker keeps one history for every node (Redis Streams):
+/// a subscriber that left node A resumes on node B while two publishers (one per node) keep
+/// publishing, and gets every message exactly once, in order, at one offset per message; B
+/// had no subscriber of the topic before, so the resume also covers the subscription race.
+#[test]
+fn shared_history_a_subscriber_that_left_node_a_resumes_on_node_b_without_loss() {
+    let redis = RedisServer::start();
+    let history = |c: &mut Config| c.history_messages_max = 100_000;
+    let a = node(vec![redis.url()], history);
+    let b = node(vec![redis.url()], history);
     wait_until("links up", || broker(&a).all_up() && broker(&b).all_up());
+    let (mut sub, answer) = psub(&a, None);
+    assert_eq!(answer, "ok psub news 0");
     redis.wait_numsub(CHANNEL, 1);
-    let mut publisher = Client::connect(a.local_addr()).unwrap();
-    publisher.send_text("pub news m0").unwrap();
-    let first = text(&mut sub);
-    let (pos, payload) = first.split_once(' ').unwrap();
-    assert_eq!(payload, "m0");
-    assert_eq!(text(&mut keeper), "m0");
-    drop(sub);
-    for i in 1..=3 {
-        publisher.send_text(&format!("pub news m{i}")).unwrap();
-    }
-    for i in 1..=3 {
-        assert_eq!(text(&mut keeper), format!("m{i}"), "B received them");
-    }
-    let mut back = Client::connect(b.local_addr()).unwrap();
-    back.send_text(&format!("psub news {pos}")).unwrap();
-    assert_eq!(text(&mut back), "ok psub news 3");
-    let got: Vec<String> = (0..3).map(|_| text(&mut back)).collect();
-    let payloads: Vec<&str> = got.iter().map(|t| t.split_once(' ').unwrap().1).collect();
-    assert_eq!(
-        payloads,
-        ["m1", "m2", "m3"],
-        "resumed on B: every message once, in order"
-    );
-    let last = got[2].split_once(' ').unwrap().0.to_string();
-
-    // B's position means nothing on A: a gap, then what A holds.
-    let mut elsewhere = Client::connect(a.local_addr()).unwrap();
-    elsewhere.send_text(&format!("psub news {pos}")).unwrap();
-    assert_eq!(text(&mut elsewhere), "ok psub news gap");
-    redis.wait_numsub(CHANNEL, 2);
-
-    // Everyone leaves B: it unsubscribes from Redis, and a publish meanwhile never reaches it.
-    drop((keeper, back));
-    redis.wait_numsub(CHANNEL, 1);
-    publisher.send_text("pub news m4").unwrap();
-    // A replayed what it holds (its own m0..m3) after the gap, then m4 live.
-    let on_a: Vec<String> = (0..5)
-        .map(|_| text(&mut elsewhere).split_once(' ').unwrap().1.to_string())
+    let per_pub = 1500;
+    let publishers: Vec<_> = [&a, &b]
+        .iter()
+        .enumerate()
+        .map(|(p, n)| {
+            let mut c = Client::connect(n.local_addr()).unwrap();
+            std::thread::spawn(move || {
+                for i in 0..per_pub {
+                    c.send_text(&format!("pub news {p}-{i}")).unwrap();
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+                c
+            })
+        })
         .collect();
-    assert_eq!(on_a, ["m0", "m1", "m2", "m3", "m4"]);
-    let mut later = Client::connect(b.local_addr()).unwrap();
-    later.send_text(&format!("psub news {last}")).unwrap();
-    assert_eq!(
-        text(&mut later),
-        "ok psub news gap",
-        "B may have missed m4: it must say so"
-    );
-    drop((elsewhere, later, publisher));
+    let mut got: Vec<_> = (0..400).map(|_| positioned(&text(&mut sub))).collect();
+    drop(sub);
+    // Away for a while: the publishes go on.
+    std::thread::sleep(Duration::from_millis(150));
+    let last = got.last().unwrap().0;
+    let (mut back, answer) = psub(&b, Some(last));
+    let replayed: usize = answer
+        .strip_prefix("ok psub news ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("resumed without a gap, not {answer:?}"));
+    assert!(replayed > 0, "messages were published while it was away");
+    let total = 2 * per_pub;
+    while got.len() < total {
+        got.push(positioned(&text(&mut back)));
+    }
+    let publishers: Vec<Client> = publishers.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_whole(&got, 2, per_pub);
+    let m = broker(&b);
+    assert_eq!(m.replays.load(Relaxed), 1);
+    assert_eq!(m.replay_gaps.load(Relaxed), 0);
+    for n in [&a, &b] {
+        assert_eq!(counter(n, |b| b.lost.load(Relaxed)), 0);
+    }
+    // And the other way: A resumes a position that B's subscriber was given.
+    let (mut again, answer) = psub(&a, Some(got[total - 3].0));
+    assert_eq!(answer, "ok psub news 2");
+    let tail: Vec<_> = (0..2).map(|_| positioned(&text(&mut again))).collect();
+    assert_eq!(tail, got[total - 2..]);
+    // Gone before the shutdown (which waits for open clients to answer its Close).
+    drop((back, again, publishers));
     for n in [a, b] {
         n.shutdown();
         n.join().unwrap();
     }
+}
+
+/// The subscribe link to Redis is cut (Redis kills it) while a publisher goes on: the
+/// positioned subscriber on the other node still gets every message once and in order, since
+/// what was published while the link was down is fetched from the history (counted as
+/// repaired), and nothing is counted lost.
+#[test]
+fn shared_history_repairs_what_a_cut_subscribe_link_missed() {
+    let redis = RedisServer::start();
+    let history = |c: &mut Config| c.history_messages_max = 100_000;
+    let a = node(vec![redis.url()], history);
+    let b = node(vec![redis.url()], history);
+    wait_until("links up", || broker(&a).all_up() && broker(&b).all_up());
+    let (mut sub, answer) = psub(&b, None);
+    assert_eq!(answer, "ok psub news 0");
+    redis.wait_numsub(CHANNEL, 1);
+    let per_pub = 1500;
+    let mut publisher = Client::connect(a.local_addr()).unwrap();
+    let url = redis.url();
+    let sender = std::thread::spawn(move || {
+        for i in 0..per_pub {
+            if i == 500 {
+                let mut c = redis::Client::open(url.as_str())
+                    .unwrap()
+                    .get_connection()
+                    .unwrap();
+                let killed: i64 = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("pubsub")
+                    .query(&mut c)
+                    .unwrap();
+                // Both nodes' subscribe links (A's listens for broadcasts).
+                assert_eq!(killed, 2, "the subscribe links");
+            }
+            publisher.send_text(&format!("pub news 0-{i}")).unwrap();
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        publisher
+    });
+    let got: Vec<_> = (0..per_pub).map(|_| positioned(&text(&mut sub))).collect();
+    let publisher = sender.join().unwrap();
+    assert_whole(&got, 1, per_pub);
+    let m = broker(&b);
+    assert!(m.reconnects.load(Relaxed) >= 1, "the link was cut");
+    assert!(
+        m.repaired.load(Relaxed) > 0,
+        "nothing was published while the link was down: the test did not test"
+    );
+    assert_eq!(m.lost.load(Relaxed), 0);
+    drop((sub, publisher));
+    for n in [a, b] {
+        n.shutdown();
+        n.join().unwrap();
+    }
+}
+
+/// Redis restarted without persistence lost the history: a position from before is of an
+/// epoch Redis no longer knows, so the resume is a gap (never a silent loss), and the stream
+/// goes on under a new epoch.
+#[test]
+fn shared_history_lost_by_a_redis_restart_is_a_gap_and_a_new_epoch() {
+    let mut redis = RedisServer::start();
+    let history = |c: &mut Config| c.history_messages_max = 1000;
+    let a = node(vec![redis.url()], history);
+    wait_until("links up", || broker(&a).all_up());
+    let (mut sub, answer) = psub(&a, None);
+    assert_eq!(answer, "ok psub news 0");
+    redis.wait_numsub(CHANNEL, 1);
+    let mut publisher = Client::connect(a.local_addr()).unwrap();
+    for i in 0..3 {
+        publisher.send_text(&format!("pub news 0-{i}")).unwrap();
+    }
+    let before: Vec<_> = (0..3).map(|_| positioned(&text(&mut sub))).collect();
+    assert_whole(&before, 1, 3);
+    drop(sub);
+    // Before the restart the position resumes (nothing missed).
+    let (c, answer) = psub(&a, Some(before[2].0));
+    assert_eq!(answer, "ok psub news 0");
+    drop(c);
+    redis.kill();
+    redis.restart();
+    wait_until("links up", || broker(&a).all_up());
+    let (mut resumed, answer) = psub(&a, Some(before[2].0));
+    assert_eq!(
+        answer, "ok psub news gap",
+        "Redis lost the history: it must say so"
+    );
+    assert!(broker(&a).replay_gaps.load(Relaxed) >= 1);
+    // A publish thread learns of the restart when it next publishes: publish until one
+    // arrives, then it carries a new epoch.
+    redis.wait_numsub(CHANNEL, 1);
+    let mut i = 0;
+    let got = loop {
+        publisher.send_text(&format!("pub news 1-{i}")).unwrap();
+        i += 1;
+        resumed
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        match resumed.recv() {
+            Ok(Event::Text(t)) => break positioned(&t),
+            Ok(Event::Ping(_)) | Err(_) => assert!(i < 100, "nothing arrived after the restart"),
+            Ok(other) => panic!("{other:?}"),
+        }
+    };
+    assert_ne!(
+        got.0.epoch, before[0].0.epoch,
+        "a new epoch after the history was lost"
+    );
+    assert!(got.1.starts_with("1-"));
+    drop((resumed, publisher));
+    a.shutdown();
+    a.join().unwrap();
 }

@@ -268,7 +268,7 @@ impl ringws::Handler for PublishThenResume {
     fn on_message(&mut self, conn: &mut ringws::Conn<'_>, msg: Message<'_>) {
         let Message::Text(cmd) = msg else { return };
         if cmd == "sub" {
-            conn.subscribe_from("t", None).unwrap();
+            assert!(conn.subscribe_from("t", None));
             conn.send_text("ok");
         } else if let Some(x) = cmd.strip_prefix("pub ") {
             conn.publish("t", Message::Text(x));
@@ -276,7 +276,12 @@ impl ringws::Handler for PublishThenResume {
             for i in 1..=10 {
                 conn.publish("t", Message::Text(&format!("m{i}")));
             }
-            let r = conn.subscribe_from("t", Some(p.parse().unwrap())).unwrap();
+            assert!(conn.subscribe_from("t", Some(p.parse().unwrap())));
+        }
+    }
+
+    fn on_resume(&mut self, conn: &mut ringws::Conn<'_>, _topic: &str, r: ringws::Resume) {
+        if r.replayed > 0 || r.gap {
             conn.send_text(&format!("replayed {} gap {}", r.replayed, r.gap));
         }
     }

@@ -43,6 +43,8 @@ pub use redis_broker::RedisBroker;
 
 use crate::config::Config;
 use crate::handler::Publisher;
+use crate::history::{HistoryLimits, Position};
+use crate::history_redis::StreamReplay;
 
 /// A message system between nodes, one instance of it (one shard).
 ///
@@ -63,6 +65,36 @@ pub trait Broker: Send + Sync + 'static {
         poll: Duration,
         session: &mut dyn SubscribeSession,
     ) -> io::Result<()>;
+    /// Opens a connection to the topic history this broker keeps (with history on: the
+    /// publish thread appends through it, the subscribe thread replays through it).
+    fn connect_history(
+        &self,
+        timeout: Duration,
+        limits: HistoryLimits,
+    ) -> io::Result<Box<dyn HistoryLink>>;
+}
+
+/// A connection to the history a broker keeps for every node (Redis Streams).
+pub trait HistoryLink: Send {
+    /// Appends each `(topic, channel, payload)` to its topic's history and publishes it on
+    /// `channel` as `<epoch hex> <offset> <payload>`, atomically and in order; the positions
+    /// go to `out`. `new_epoch` starts a topic that has no history. `Err`: the link is broken
+    /// and the fate of the batch is unknown.
+    fn publish(
+        &mut self,
+        batch: &[(&str, &[u8], &[u8])],
+        now_ms: u64,
+        new_epoch: u64,
+        out: &mut Vec<Position>,
+    ) -> io::Result<()>;
+    /// What a subscriber that has seen `topic` up to `after` missed (see
+    /// [`StreamHistory::replay_after`](crate::history_redis::StreamHistory::replay_after)).
+    fn replay_after(
+        &mut self,
+        topic: &str,
+        after: Position,
+        now_ms: u64,
+    ) -> io::Result<StreamReplay>;
 }
 
 /// A connection that publishes.
@@ -82,6 +114,9 @@ pub trait SubscribeSession {
     fn subscribed(&mut self, subscribed: usize, unsubscribed: usize);
     /// A message arrived on `channel`.
     fn deliver(&mut self, channel: &str, payload: &[u8]);
+    /// Every change returned so far is applied: called once per turn of the link's loop,
+    /// between messages (work that must follow a confirmed subscription runs here).
+    fn settled(&mut self) {}
 }
 
 /// First wait after a failed connection; it doubles up to `broker_reconnect_max_ms`.
@@ -121,6 +156,12 @@ pub struct BrokerMetrics {
     pub reconnects: AtomicU64,
     /// Channels subscribed now (confirmed).
     pub channels: AtomicU64,
+    /// With history in the broker: resumes replayed from it, and those that were a gap.
+    pub replays: AtomicU64,
+    pub replay_gaps: AtomicU64,
+    /// With history in the broker: messages the link skipped (a gap in offsets, or an outage
+    /// of the subscribe link) that were fetched from the history and delivered in order.
+    pub repaired: AtomicU64,
     /// Publish → delivery to local workers across the broker, in µs (wall clocks of two nodes).
     hop_us: Mutex<hdrhistogram::Histogram<u64>>,
 }
@@ -144,6 +185,9 @@ impl BrokerMetrics {
             invalid: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             channels: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
+            replay_gaps: AtomicU64::new(0),
+            repaired: AtomicU64::new(0),
             hop_us: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, HOP_US_MAX, 3).expect("bounds"),
             ),
@@ -228,6 +272,21 @@ impl BrokerMetrics {
                 "Broker links that failed and were connected again.",
                 &self.reconnects,
             ),
+            (
+                "ringws_broker_history_replays_total",
+                "Resumes replayed from the broker's history.",
+                &self.replays,
+            ),
+            (
+                "ringws_broker_history_replay_gaps_total",
+                "Resumes from the broker's history that were a gap.",
+                &self.replay_gaps,
+            ),
+            (
+                "ringws_broker_history_repaired_total",
+                "Messages the subscribe link missed, fetched from the broker's history.",
+                &self.repaired,
+            ),
         ];
         for (name, help, c) in counters {
             head(out, name, "counter", help);
@@ -287,6 +346,19 @@ struct Shard {
     /// Changes in the number of workers with a subscriber, by topic, not yet applied by the
     /// subscribe thread (coalesced: a sub then an unsub cancel out).
     demand: Mutex<HashMap<Arc<str>, i64>>,
+    /// Resumes waiting for the subscribe thread (with history in the broker). A worker queues
+    /// one after its demand change; the thread takes them before the demand, so a request is
+    /// served only once the channel it needs is subscribed.
+    requests: Mutex<Vec<ReplayRequest>>,
+}
+
+/// A positioned subscription waiting for its replay from the broker's history.
+pub(crate) struct ReplayRequest {
+    pub id: crate::handler::ConnId,
+    pub topic: Arc<str>,
+    pub from: Position,
+    /// The worker's number for this request (its answer names it).
+    pub req: u64,
 }
 
 /// The broker side of a node: its shards and their threads.
@@ -303,6 +375,9 @@ pub(crate) struct Hub {
     timeout: Duration,
     poll: Duration,
     reconnect_max: Duration,
+    /// With history on: the limits of the history the broker keeps for every node. Publishes
+    /// then get their positions from the broker, and reach local subscribers through it too.
+    history: Option<HistoryLimits>,
 }
 
 /// Where a broker channel's messages go.
@@ -332,6 +407,7 @@ impl Hub {
                     queue: Mutex::default(),
                     ready: Condvar::new(),
                     demand: Mutex::default(),
+                    requests: Mutex::default(),
                 })
             })
             .collect::<io::Result<Box<[Shard]>>>()?;
@@ -348,6 +424,7 @@ impl Hub {
             timeout: Duration::from_millis(cfg.broker_timeout_ms),
             poll: Duration::from_millis(cfg.broker_subscribe_poll_ms),
             reconnect_max: Duration::from_millis(cfg.broker_reconnect_max_ms),
+            history: cfg.history_limits(),
         })))
     }
 
@@ -451,6 +528,18 @@ impl Hub {
         }
     }
 
+    /// Whether the broker keeps the topic history (brokers and history both on).
+    pub(crate) fn keeps_history(&self) -> bool {
+        self.history.is_some()
+    }
+
+    /// Queues a resume for the subscribe thread of `r.topic`'s shard; its answer comes as
+    /// `Mail::Resumed` to the connection's worker.
+    pub(crate) fn request_replay(&self, r: ReplayRequest) {
+        let s = &self.shards[self.shard_of(Kind::Publish, &r.topic)];
+        lock(&s.requests).push(r);
+    }
+
     /// A worker's first subscriber to `topic` came (`up`) or its last left.
     pub(crate) fn demand(&self, topic: &str, up: bool) {
         let s = &self.shards[self.shard_of(Kind::Publish, topic)];
@@ -496,18 +585,40 @@ impl Hub {
 
     // ----- the publish thread ----------------------------------------------------------------
 
+    /// Connects whichever of the publish thread's links is down (the history link only with
+    /// history on).
+    fn connect_publish_links(
+        &self,
+        s: &Shard,
+        link: &mut Option<Box<dyn PublishLink>>,
+        hlink: &mut Option<Box<dyn HistoryLink>>,
+    ) -> io::Result<()> {
+        if link.is_none() {
+            *link = Some(s.broker.connect_publisher(self.timeout)?);
+        }
+        if let Some(limits) = self.history
+            && hlink.is_none()
+        {
+            *hlink = Some(s.broker.connect_history(self.timeout, limits)?);
+        }
+        Ok(())
+    }
+
     fn run_publisher(&self, i: usize) {
         let s = &self.shards[i];
         let mut link: Option<Box<dyn PublishLink>> = None;
+        let mut hlink: Option<Box<dyn HistoryLink>> = None;
         let mut backoff = BACKOFF_MIN;
         let mut batch = Vec::new();
         let mut seq = Sequencer::default();
-        let (mut buf, mut spans) = (Vec::new(), Vec::new());
+        let (mut buf, mut spans, mut hspans) = (Vec::new(), Vec::new(), Vec::new());
+        let mut positions = Vec::new();
+        let epochs = RandomState::new();
         while !self.stopping() {
-            let Some(l) = link.as_mut() else {
-                match s.broker.connect_publisher(self.timeout) {
-                    Ok(l) => {
-                        link = Some(l);
+            let ready = link.is_some() && (self.history.is_none() || hlink.is_some());
+            if !ready {
+                match self.connect_publish_links(s, &mut link, &mut hlink) {
+                    Ok(()) => {
                         backoff = BACKOFF_MIN;
                         self.metrics.set_link(i, 0, true);
                     }
@@ -517,14 +628,15 @@ impl Hub {
                     }
                 }
                 continue;
-            };
+            }
             self.take_batch(s, &mut batch);
             if batch.is_empty() {
                 continue;
             }
             buf.clear();
             spans.clear();
-            for o in &batch {
+            hspans.clear();
+            for (j, o) in batch.iter().enumerate() {
                 let start = buf.len();
                 self.write_channel(o.kind, &o.topic, &mut buf);
                 let mid = buf.len();
@@ -537,24 +649,65 @@ impl Hub {
                     sent_ns: now_ns(),
                 }
                 .write(&o.frame, &mut buf);
-                spans.push((start, mid, buf.len()));
+                if self.history.is_some() && o.kind == Kind::Publish {
+                    hspans.push((j, start, mid, buf.len()));
+                } else {
+                    spans.push((start, mid, buf.len()));
+                }
             }
             let pairs: Vec<(&[u8], &[u8])> = spans
                 .iter()
                 .map(|&(a, b, c)| (&buf[a..b], &buf[b..c]))
                 .collect();
-            let n = batch.len() as u64;
+            let triples: Vec<(&str, &[u8], &[u8])> = hspans
+                .iter()
+                .map(|&(j, a, b, c)| (&*batch[j].topic, &buf[a..b], &buf[b..c]))
+                .collect();
+            let mut failed = false;
+            for (n, res) in [
+                (
+                    pairs.len(),
+                    (!pairs.is_empty()).then(|| link.as_mut().expect("ready").publish(&pairs)),
+                ),
+                (
+                    triples.len(),
+                    (!triples.is_empty()).then(|| {
+                        positions.clear();
+                        let now_ms = now_ns() / 1_000_000;
+                        // A topic the history does not know (new, or Redis lost its data)
+                        // starts an epoch of its own: drawn afresh for every batch, so that a
+                        // history lost between two batches never reuses an epoch (48 bits, as
+                        // on one node).
+                        let new_epoch = epochs.hash_one((self.node, i, now_ns())) & ((1 << 48) - 1);
+                        hlink.as_mut().expect("ready").publish(
+                            &triples,
+                            now_ms,
+                            new_epoch,
+                            &mut positions,
+                        )
+                    }),
+                ),
+            ] {
+                match res {
+                    None => {}
+                    Some(Ok(())) => {
+                        self.metrics.published.fetch_add(n as u64, Relaxed);
+                    }
+                    Some(Err(_)) => {
+                        self.metrics
+                            .publish_unconfirmed
+                            .fetch_add(n as u64, Relaxed);
+                        failed = true;
+                    }
+                }
+            }
+            drop((pairs, triples));
             batch.clear();
-            match l.publish(&pairs) {
-                Ok(()) => {
-                    self.metrics.published.fetch_add(n, Relaxed);
-                }
-                Err(_) => {
-                    self.metrics.publish_unconfirmed.fetch_add(n, Relaxed);
-                    self.metrics.reconnects.fetch_add(1, Relaxed);
-                    self.metrics.set_link(i, 0, false);
-                    link = None;
-                }
+            if failed {
+                self.metrics.reconnects.fetch_add(1, Relaxed);
+                self.metrics.set_link(i, 0, false);
+                link = None;
+                hlink = None;
             }
         }
         self.metrics.set_link(i, 0, false);
@@ -579,6 +732,10 @@ impl Hub {
             fresh: false,
             connected: false,
             channels: 0,
+            hlink: None,
+            last: HashMap::new(),
+            requests: Vec::new(),
+            repair_all: false,
         };
         let mut backoff = BACKOFF_MIN;
         while !self.stopping() {
@@ -648,6 +805,25 @@ struct Session<'h> {
     connected: bool,
     /// Channels confirmed subscribed on the current link.
     channels: u64,
+    /// With history in the broker: the link that replays from it (connected when needed).
+    hlink: Option<Box<dyn HistoryLink>>,
+    /// With history in the broker: the last position delivered to the workers, per topic.
+    last: HashMap<Arc<str>, Position>,
+    /// Resumes taken from the shard, served once their channels are subscribed (`settled`).
+    requests: Vec<ReplayRequest>,
+    /// The subscribe link was (re)connected: what was published while it was down is fetched
+    /// from the history once the channels are subscribed again.
+    repair_all: bool,
+}
+
+/// Splits a message published with history (`<epoch hex> <offset> <envelope>`).
+fn split_positioned(payload: &[u8]) -> Option<(Position, &[u8])> {
+    let mut parts = payload.splitn(3, |&b| b == b' ');
+    let epoch = std::str::from_utf8(parts.next()?).ok()?;
+    let offset = std::str::from_utf8(parts.next()?).ok()?;
+    let rest = parts.next()?;
+    let p: Position = format!("{epoch}-{offset}").parse().ok()?;
+    Some((p, rest))
 }
 
 impl Session<'_> {
@@ -666,6 +842,7 @@ impl Session<'_> {
             if after == 0 {
                 self.topics.remove(&topic);
                 self.seen.remove(channel.as_str());
+                self.last.remove(&topic);
                 // Off the channel, this node will miss messages: its history of them ends.
                 self.publisher.forget_history(|t| t == &*topic);
             } else {
@@ -677,6 +854,146 @@ impl Session<'_> {
                 _ => {}
             }
         }
+    }
+
+    /// The link to the broker's history, connected if it was not.
+    fn history_link(&mut self) -> Option<&mut Box<dyn HistoryLink>> {
+        if self.hlink.is_none() {
+            let limits = self.hub.history.expect("history is on");
+            self.hlink = self.hub.shards[self.shard]
+                .broker
+                .connect_history(self.hub.timeout, limits)
+                .ok();
+        }
+        self.hlink.as_mut()
+    }
+
+    /// Reads `topic`'s history after `after`. A link that fails is connected again and the
+    /// read tried once more (the link may predate a Redis restart); None if that fails too.
+    fn read_history(&mut self, topic: &str, after: Position) -> Option<StreamReplay> {
+        for _ in 0..2 {
+            let now_ms = now_ns() / 1_000_000;
+            match self.history_link()?.replay_after(topic, after, now_ms) {
+                Ok(r) => return Some(r),
+                Err(_) => self.hlink = None,
+            }
+        }
+        None
+    }
+
+    /// A message of `topic` published with history: to the workers in offset order. A gap
+    /// behind it (the link skipped messages) is fetched from the history first.
+    fn deliver_positioned(&mut self, topic: &str, payload: &[u8]) {
+        let m = &self.hub.metrics;
+        let Some((position, rest)) = split_positioned(payload) else {
+            m.invalid.fetch_add(1, Relaxed);
+            return;
+        };
+        let Some((topic, _)) = self.topics.get_key_value(topic) else {
+            return; // unsubscribed since: not owed to anyone here
+        };
+        let topic = topic.clone();
+        if let Some(&last) = self.last.get(&topic)
+            && last.epoch == position.epoch
+        {
+            if position.offset <= last.offset {
+                m.stale.fetch_add(1, Relaxed);
+                return;
+            }
+            if position.offset > last.offset + 1 {
+                self.repair(&topic, last, Some(position));
+            }
+        }
+        if self.post_positioned(&topic, position, rest, true) {
+            self.last.insert(topic, position);
+        }
+    }
+
+    /// Fetches what `topic` had after `after` (up to, not including, `upto`; everything when
+    /// None) and delivers it; what the history no longer holds is counted lost.
+    fn repair(&mut self, topic: &Arc<str>, after: Position, upto: Option<Position>) {
+        let replay = self.read_history(topic, after);
+        let mut got = 0u64;
+        for (p, bytes) in replay.iter().flat_map(|r| &r.messages) {
+            if upto.is_some_and(|u| p.epoch != u.epoch || p.offset >= u.offset) {
+                break;
+            }
+            if self.post_positioned(topic, *p, bytes, false) {
+                self.last.insert(topic.clone(), *p);
+                got += 1;
+            }
+        }
+        let m = &self.hub.metrics;
+        m.repaired.fetch_add(got, Relaxed);
+        if let Some(u) = upto {
+            m.lost
+                .fetch_add((u.offset - after.offset - 1).saturating_sub(got), Relaxed);
+        }
+    }
+
+    /// One message of the history to every local worker, positioned; false if it is not one.
+    fn post_positioned(
+        &self,
+        topic: &Arc<str>,
+        position: Position,
+        env: &[u8],
+        live: bool,
+    ) -> bool {
+        let m = &self.hub.metrics;
+        let Ok((e, text, body)) = Envelope::read(env) else {
+            m.invalid.fetch_add(1, Relaxed);
+            return false;
+        };
+        if e.kind != Kind::Publish {
+            m.invalid.fetch_add(1, Relaxed);
+            return false;
+        }
+        if live {
+            let hop_us = now_ns().saturating_sub(e.sent_ns) / 1000;
+            let _ = lock(&m.hop_us).record(hop_us.clamp(1, HOP_US_MAX));
+        }
+        let plain = Bytes::copy_from_slice(&env[HEADER_BYTES..]);
+        let frame = self.publisher.frame_of_plain(plain, text, body);
+        m.received.fetch_add(1, Relaxed);
+        self.publisher
+            .deliver_positioned(topic.clone(), frame, position, text, body);
+        true
+    }
+
+    /// Answers one resume from the history: the frames after its position, the topic's latest
+    /// position (live messages at or before it are skipped), and whether there was a gap.
+    fn serve_replay(&mut self, r: ReplayRequest) {
+        let replay = self.read_history(&r.topic, r.from);
+        let m = &self.hub.metrics;
+        m.replays.fetch_add(1, Relaxed);
+        let (mut frames, mut gap, mut last) = (Vec::new(), true, None);
+        if let Some(replay) = replay {
+            gap = replay.gap;
+            last = replay.last;
+            for (p, bytes) in &replay.messages {
+                match Envelope::read(bytes) {
+                    Ok((e, text, body)) if e.kind == Kind::Publish => {
+                        let plain = Bytes::copy_from_slice(&bytes[HEADER_BYTES..]);
+                        frames.push(self.publisher.positioned_of_plain(*p, &plain, text, body));
+                    }
+                    _ => {
+                        m.invalid.fetch_add(1, Relaxed);
+                        gap = true;
+                    }
+                }
+            }
+        }
+        m.replay_gaps.fetch_add(u64::from(gap), Relaxed);
+        self.publisher
+            .mailbox(r.id.worker())
+            .post(crate::handler::Mail::Resumed {
+                id: r.id,
+                topic: r.topic,
+                req: r.req,
+                frames,
+                last,
+                gap,
+            });
     }
 
     fn account(&mut self, channel: &str, env: &Envelope) -> bool {
@@ -712,6 +1029,7 @@ impl SubscribeSession for Session<'_> {
     fn connected(&mut self) {
         self.fresh = true;
         self.connected = true;
+        self.repair_all = self.hub.keeps_history() && !self.last.is_empty();
         // While the link was down this node may have missed messages of this shard's topics.
         let (hub, shard) = (self.hub, self.shard);
         self.publisher
@@ -723,6 +1041,9 @@ impl SubscribeSession for Session<'_> {
         if self.hub.stopping() {
             return true;
         }
+        // Requests before demand: a request's demand change was queued before it.
+        self.requests
+            .append(&mut lock(&self.hub.shards[self.shard].requests));
         self.apply_demand(subs, unsubs);
         if std::mem::take(&mut self.fresh) {
             subs.clear();
@@ -746,8 +1067,29 @@ impl SubscribeSession for Session<'_> {
         self.channels = self.channels + subscribed as u64 - unsubscribed as u64;
     }
 
+    fn settled(&mut self) {
+        if !self.hub.keeps_history() || (self.requests.is_empty() && !self.repair_all) {
+            return;
+        }
+        if std::mem::take(&mut self.repair_all) {
+            let topics: Vec<(Arc<str>, Position)> =
+                self.last.iter().map(|(t, p)| (t.clone(), *p)).collect();
+            for (topic, after) in topics {
+                self.repair(&topic, after, None);
+            }
+        }
+        for r in std::mem::take(&mut self.requests) {
+            self.serve_replay(r);
+        }
+    }
+
     fn deliver(&mut self, channel: &str, payload: &[u8]) {
         let m = &self.hub.metrics;
+        if self.hub.keeps_history()
+            && let Some(Target::Topic(t)) = self.hub.target(channel)
+        {
+            return self.deliver_positioned(t, payload);
+        }
         let Ok((env, text, body)) = Envelope::read(payload) else {
             m.invalid.fetch_add(1, Relaxed);
             return;

@@ -5,7 +5,9 @@
 use std::io;
 use std::time::Duration;
 
-use super::{Broker, PublishLink, SubscribeSession};
+use super::{Broker, HistoryLink, PublishLink, SubscribeSession};
+use crate::history::{HistoryLimits, Position};
+use crate::history_redis::{StreamHistory, StreamReplay};
 
 /// One Redis server, by URL (`redis://HOST:PORT[/DB]`, with `user:password@` if needed).
 pub struct RedisBroker {
@@ -60,6 +62,36 @@ impl PublishLink for RedisPublish {
     }
 }
 
+struct RedisHistory {
+    con: redis::Connection,
+    store: StreamHistory,
+}
+
+impl HistoryLink for RedisHistory {
+    fn publish(
+        &mut self,
+        batch: &[(&str, &[u8], &[u8])],
+        now_ms: u64,
+        new_epoch: u64,
+        out: &mut Vec<Position>,
+    ) -> io::Result<()> {
+        self.store
+            .publish_batch(&mut self.con, batch, now_ms, new_epoch, out)
+            .map_err(io_err)
+    }
+
+    fn replay_after(
+        &mut self,
+        topic: &str,
+        after: Position,
+        now_ms: u64,
+    ) -> io::Result<StreamReplay> {
+        self.store
+            .replay_after(&mut self.con, topic, after, now_ms)
+            .map_err(io_err)
+    }
+}
+
 impl Broker for RedisBroker {
     fn describe(&self) -> String {
         self.url.clone()
@@ -71,6 +103,17 @@ impl Broker for RedisBroker {
             pipe: redis::pipe(),
             replies: Vec::new(),
         }))
+    }
+
+    fn connect_history(
+        &self,
+        timeout: Duration,
+        limits: HistoryLimits,
+    ) -> io::Result<Box<dyn HistoryLink>> {
+        let mut con = self.connect(timeout)?;
+        let mut store = StreamHistory::new(limits);
+        store.load(&mut con).map_err(io_err)?;
+        Ok(Box::new(RedisHistory { con, store }))
     }
 
     fn run_subscriber(
@@ -121,6 +164,7 @@ impl Broker for RedisBroker {
                 Err(e) if e.is_timeout() => {}
                 Err(e) => return Err(io_err(e)),
             }
+            session.settled();
         }
     }
 }

@@ -71,8 +71,9 @@ pub(crate) struct WorkerSetup {
 enum Deferred {
     Close(Key, u16, Box<str>),
     Publish(Arc<str>, Frame, Option<Arc<Sequenced>>),
-    /// What a positioned subscription replays, queued behind the handler's own answer.
-    Replay(Key, Vec<Frame>),
+    /// A positioned subscription started: the handler hears of it (`on_resume`), then what it
+    /// replays is queued behind the handler's own answer.
+    Resumed(Key, Arc<str>, Resume, Vec<Frame>),
     Broadcast(Frame),
     Backpressure(Key, usize, Backpressure),
 }
@@ -86,6 +87,8 @@ struct Shared {
     /// Positioned subscribers (resume) by topic, each with the latest position it was given:
     /// a live message at or before it was already replayed, and is skipped.
     positioned: HashMap<Box<str>, Vec<(Key, Position)>>,
+    /// Numbers the resumes sent to the broker's history, to match each answer to its request.
+    resume_req: u64,
     deferred: VecDeque<Deferred>,
     dirty: Vec<Key>,
     metrics: Arc<WorkerMetrics>,
@@ -344,8 +347,31 @@ impl ConnOps for Ctx<'_> {
         self.sh.demand_change(topic, before);
     }
 
-    fn subscribe_from(&mut self, topic: &str, from: Option<Position>) -> Option<Resume> {
-        let resumed = self.sh.publisher.history()?.resume(topic, from);
+    fn subscribe_from(&mut self, topic: &str, from: Option<Position>) -> bool {
+        let publisher = &self.sh.publisher;
+        // On this node: the replay and the latest position, read at once. In the broker: a
+        // request, answered by `Mail::Resumed`; until then live messages pass this subscriber
+        // by (the replay will carry them). Without a position nothing needs the broker.
+        let (last, now) = if let Some(h) = publisher.history() {
+            let r = h.resume(topic, from);
+            (r.last, Some((r.frames, r.gap)))
+        } else if publisher.broker_history().is_some() {
+            match from {
+                None => (LAST_ANY, Some((Vec::new(), false))),
+                Some(_) => {
+                    self.sh.resume_req += 1;
+                    (
+                        Position {
+                            epoch: EPOCH_PENDING,
+                            offset: self.sh.resume_req,
+                        },
+                        None,
+                    )
+                }
+            }
+        } else {
+            return false;
+        };
         let before = self.sh.subscribed(topic);
         if !self.list_topic(topic) {
             remove_subscriber(&mut self.sh.topics, topic, self.key);
@@ -355,18 +381,30 @@ impl ConnOps for Ctx<'_> {
             .positioned
             .entry(topic.into())
             .or_default()
-            .push((self.key, resumed.last));
+            .push((self.key, last));
         self.sh.demand_change(topic, before);
-        let answer = Resume {
-            replayed: resumed.frames.len(),
-            gap: resumed.gap,
-        };
-        if !resumed.frames.is_empty() {
-            self.sh
-                .deferred
-                .push_back(Deferred::Replay(self.key, resumed.frames));
+        let topic: Arc<str> = Arc::from(topic);
+        match now {
+            Some((frames, gap)) => {
+                let answer = Resume {
+                    replayed: frames.len(),
+                    gap,
+                };
+                self.sh
+                    .deferred
+                    .push_back(Deferred::Resumed(self.key, topic, answer, frames));
+            }
+            None => {
+                let hub = self.sh.publisher.broker_history().expect("checked above");
+                hub.request_replay(crate::broker::ReplayRequest {
+                    id: self.sh.id(self.key),
+                    topic,
+                    from: from.expect("a request has a position"),
+                    req: last.offset,
+                });
+            }
         }
-        Some(answer)
+        true
     }
 
     fn unsubscribe(&mut self, topic: &str) {
@@ -1443,7 +1481,13 @@ impl<H: Handler> Engine<H> {
                 }
                 self.keys = keys;
             }
-            Deferred::Replay(key, frames) => {
+            Deferred::Resumed(key, topic, resume, frames) => {
+                if let Some((mut ctx, _, handler)) = self.ctx(key, true)
+                    && ctx.st.phase == Phase::Open
+                {
+                    let id = ctx.sh.id(key);
+                    handler.on_resume(&mut Conn::new(id, &mut ctx), &topic, resume);
+                }
                 for f in &frames {
                     self.deliver(key, f);
                 }
@@ -1495,6 +1539,40 @@ impl<H: Handler> Engine<H> {
                 .deferred
                 .push_back(Deferred::Publish(topic, frame, seq)),
             Mail::Broadcast(frame) => self.sh.deferred.push_back(Deferred::Broadcast(frame)),
+            Mail::Resumed {
+                id,
+                topic,
+                req,
+                frames,
+                last,
+                gap,
+            } => {
+                let key = Key {
+                    index: id.index(),
+                    generation: id.generation(),
+                };
+                let pending = Position {
+                    epoch: EPOCH_PENDING,
+                    offset: req,
+                };
+                // Still waiting for this answer (not unsubscribed, closed or subscribed again).
+                let Some(entry) = self
+                    .sh
+                    .positioned
+                    .get_mut(&*topic)
+                    .and_then(|subs| subs.iter_mut().find(|(k, p)| *k == key && *p == pending))
+                else {
+                    return;
+                };
+                entry.1 = last.unwrap_or(LAST_ANY);
+                let resume = Resume {
+                    replayed: frames.len(),
+                    gap,
+                };
+                self.sh
+                    .deferred
+                    .push_back(Deferred::Resumed(key, topic, resume, frames));
+            }
             Mail::Shutdown => self.begin_stop(),
         }
     }
@@ -1706,7 +1784,16 @@ fn start_sealed(q: &mut SendQueue, t: &mut TlsConn) -> Option<SendOp> {
         })
 }
 
-/// The op for the next send of a queue (zero-copy for large batches when enabled).
+/// A positioned subscriber's "latest position" while its replay from the broker is pending
+/// (the offset is the request's number). Real epochs have 48 bits.
+const EPOCH_PENDING: u64 = u64::MAX;
+/// The "latest position" of a positioned subscriber that takes every live message: its epoch
+/// is none that a history makes, so the first message is always due.
+const LAST_ANY: Position = Position {
+    epoch: u64::MAX - 1,
+    offset: 0,
+};
+
 /// The positioned subscribers of `topic` that have not had `at` yet (it is past the latest
 /// position each was given, or of a newer epoch), into `due`; each is now at `at`.
 fn positioned_due(
@@ -1716,6 +1803,10 @@ fn positioned_due(
     due: &mut Vec<Key>,
 ) {
     for (key, last) in positioned.get_mut(topic).into_iter().flatten() {
+        // Waiting for its replay, which carries every message up to the broker's latest.
+        if last.epoch == EPOCH_PENDING {
+            continue;
+        }
         if at.epoch != last.epoch || at.offset > last.offset {
             *last = at;
             due.push(*key);
@@ -1723,6 +1814,7 @@ fn positioned_due(
     }
 }
 
+/// The op for the next send of a queue (zero-copy for large batches when enabled).
 fn send_op(key: Key, fd: u32, op: SendOp, q: &mut SendQueue, zc_bytes_min: usize) -> Op {
     if zc_bytes_min > 0 && q.inflight_bytes() >= zc_bytes_min {
         return Op::SendMsgZc {
@@ -1811,6 +1903,7 @@ impl<H: Handler> Worker<H> {
             pool: SendPool::with_arena(send_arena(&ring, &cfg)),
             topics: HashMap::new(),
             positioned: HashMap::new(),
+            resume_req: 0,
             deferred: VecDeque::new(),
             dirty: Vec::new(),
             metrics: setup.metrics,
