@@ -165,12 +165,14 @@ pub struct Config {
     pub deflate_level: u8,
     /// Messages of history kept per topic, for resume (`Conn::subscribe_from`, `psub` in the
     /// pubsub mode): every publish then gets a position. 0 (the default) turns history off, and
-    /// then it costs nothing.
+    /// then it costs nothing. With `brokers`, the history is kept in the brokers (Redis
+    /// Streams, one for every node: see docs/PUBSUB.md) and this node holds none.
     pub history_messages_max: usize,
     /// History older than this is dropped (0: kept whatever its age, within the count).
     pub history_age_max_ms: u64,
-    /// Topics that keep a history at once. Past it, histories emptied by age go first, then the
-    /// one with the oldest latest message; its subscribers are told of a gap when they resume.
+    /// Topics that keep a history at once on this node (no bound applies in the brokers).
+    /// Past it, histories emptied by age go first, then the one with the oldest latest
+    /// message; its subscribers are told of a gap when they resume.
     pub history_topics_max: usize,
     /// Serve `wss://` with these certificates (None: plain `ws://`). SIGHUP reloads them
     /// (`ringws::run_until_signal`); a file that does not load is refused and the old

@@ -22,21 +22,29 @@ use redis::{Connection, RedisResult, Value};
 use crate::history::{HistoryLimits, Position};
 
 /// Publishes a batch: `KEYS` are each message's stream and meta keys in turn; `ARGV` is the
-/// `MAXLEN`, the epoch for a topic without one, the time, then each message's payload and
-/// channel. One call for a whole batch: Redis runs a script call far slower than the commands
+/// `MAXLEN`, the epoch for a topic without one, the time, a time to live in ms for both keys
+/// (0: none; see [`EXPIRE_SLACK_MS`]), then each message's payload and channel. One call for a whole batch: Redis runs a script call far slower than the commands
 /// in it, so one per message would cost several times more.
 const PUBLISH_LUA: &str = r#"
 local out = {}
+local ttl = tonumber(ARGV[4])
 for i = 1, #KEYS / 2 do
   local h, m = KEYS[2 * i - 1], KEYS[2 * i]
-  local payload, channel = ARGV[2 * i + 2], ARGV[2 * i + 3]
+  local payload, channel = ARGV[2 * i + 3], ARGV[2 * i + 4]
   local epoch = redis.call('HGET', m, 'e')
   if not epoch then
+    -- A new epoch: whatever stream is left (its meta evicted under maxmemory) is of a lost
+    -- one, and its ids would refuse offsets that start again from 1.
     epoch = ARGV[2]
+    redis.call('DEL', h)
     redis.call('HSET', m, 'e', epoch)
   end
   local offset = redis.call('HINCRBY', m, 'o', 1)
   redis.call('XADD', h, 'MAXLEN', ARGV[1], offset .. '-0', 't', ARGV[3], 'p', payload)
+  if ttl > 0 then
+    redis.call('PEXPIRE', h, ttl)
+    redis.call('PEXPIRE', m, ttl)
+  end
   if channel ~= '' then
     redis.call('PUBLISH', channel, epoch .. ' ' .. offset .. ' ' .. payload)
   end
@@ -53,6 +61,13 @@ if not meta[1] then
 end
 return {meta[1], tonumber(meta[2]), redis.call('XRANGE', KEYS[1], ARGV[1], '+')}
 "#;
+
+/// With an age bound, a topic's two keys expire this long after its messages are all too old
+/// to replay (its last publish + the age bound + this), so that a topic nobody publishes to
+/// leaves Redis; its next publish then starts a new epoch. A resume from it is a gap either
+/// way (every message it held was too old), so the slack only keeps Redis's clock and the
+/// nodes' clocks from disagreeing about the edge.
+pub const EXPIRE_SLACK_MS: u64 = 60_000;
 
 /// One stream entry as XRANGE returns it: its id and its fields.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
@@ -151,7 +166,13 @@ impl StreamHistory {
         new_epoch: u64,
     ) -> RedisResult<Position> {
         let mut out = Vec::with_capacity(1);
-        self.publish_batch(con, &[(topic, channel, payload)], now_ms, new_epoch, &mut out)?;
+        self.publish_batch(
+            con,
+            &[(topic, channel, payload)],
+            now_ms,
+            new_epoch,
+            &mut out,
+        )?;
         Ok(out[0])
     }
 
@@ -193,8 +214,18 @@ impl StreamHistory {
         let maxlen = self.limits.messages_max.to_string();
         let epoch = format!("{new_epoch:x}");
         let now = now_ms.to_string();
-        let mut args: Vec<&[u8]> = Vec::with_capacity(3 + 2 * batch.len());
-        args.extend([maxlen.as_bytes(), epoch.as_bytes(), now.as_bytes()]);
+        let ttl = match self.limits.age_max_ms {
+            0 => 0,
+            age => age.saturating_add(EXPIRE_SLACK_MS),
+        }
+        .to_string();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(4 + 2 * batch.len());
+        args.extend([
+            maxlen.as_bytes(),
+            epoch.as_bytes(),
+            now.as_bytes(),
+            ttl.as_bytes(),
+        ]);
         for (_, channel, payload) in batch {
             args.push(payload);
             args.push(channel);

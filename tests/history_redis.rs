@@ -191,3 +191,84 @@ fn redis_losing_its_data_is_a_new_epoch_and_a_gap() {
     assert!(r.gap, "the old epoch's position is a gap");
     assert_eq!(r.messages, vec![(p, b"b0".to_vec())]);
 }
+
+/// With an age bound a topic's keys expire once every message is too old to replay (plus the
+/// slack); without one they never expire. A batch publishes on several topics in one call.
+#[test]
+fn an_age_bound_expires_a_dead_topic_and_a_batch_spans_topics() {
+    use ringws::history_redis::EXPIRE_SLACK_MS;
+    let redis = Redis::start();
+    let mut con = redis.connect().unwrap();
+    let pttl = |con: &mut redis::Connection, key: &str| -> i64 {
+        redis::cmd("PTTL").arg(key).query(con).unwrap()
+    };
+    let mut aged = StreamHistory::new(HistoryLimits {
+        messages_max: 10,
+        age_max_ms: 5_000,
+    });
+    let mut out = Vec::new();
+    aged.publish_batch(
+        &mut con,
+        &[("a", b"", b"a1"), ("b", b"", b"b1"), ("a", b"", b"a2")],
+        0,
+        0x77,
+        &mut out,
+    )
+    .unwrap();
+    let at = |offset| Position {
+        epoch: 0x77,
+        offset,
+    };
+    assert_eq!(out, [at(1), at(1), at(2)]);
+    for key in ["ringws:h:a", "ringws:m:a", "ringws:h:b", "ringws:m:b"] {
+        let ttl = pttl(&mut con, key);
+        assert!(
+            ttl > 0 && ttl <= (5_000 + EXPIRE_SLACK_MS) as i64,
+            "{key}: PTTL {ttl}"
+        );
+    }
+    let mut forever = StreamHistory::new(HistoryLimits {
+        messages_max: 10,
+        age_max_ms: 0,
+    });
+    forever.publish(&mut con, "c", b"", b"c1", 0, 0x78).unwrap();
+    assert_eq!(pttl(&mut con, "ringws:h:c"), -1, "no age bound: no expiry");
+    assert_eq!(pttl(&mut con, "ringws:m:c"), -1);
+}
+
+/// A stream whose meta hash is gone (evicted under `maxmemory`) belongs to a lost epoch: the
+/// next publish starts a new epoch from offset 1 on a fresh stream instead of failing on the
+/// old stream's higher ids.
+#[test]
+fn a_stream_left_without_its_meta_starts_a_new_epoch() {
+    let redis = Redis::start();
+    let mut con = redis.connect().unwrap();
+    let mut h = StreamHistory::new(HistoryLimits {
+        messages_max: 10,
+        age_max_ms: 0,
+    });
+    for i in 0..3 {
+        h.publish(&mut con, "t", b"", format!("a{i}").as_bytes(), 0, 0x1)
+            .unwrap();
+    }
+    redis::cmd("DEL")
+        .arg("ringws:m:t")
+        .query::<()>(&mut con)
+        .unwrap();
+    let p = h.publish(&mut con, "t", b"", b"b0", 0, 0x2).unwrap();
+    assert_eq!(
+        p,
+        Position {
+            epoch: 0x2,
+            offset: 1
+        }
+    );
+    let r = h
+        .replay_after(&mut con, "t", Position::start(0x2), 0)
+        .unwrap();
+    assert_eq!(
+        r.messages,
+        vec![(p, b"b0".to_vec())],
+        "only the new epoch's"
+    );
+}

@@ -38,7 +38,8 @@ const USAGE: &str = "usage: ringws serve [options]
   --origin ORIGIN                 allow this Origin (repeatable; default: any)
   --recv-buffers N                receive buffers per worker (power of two)
   --recv-buffer-bytes N           size of one receive buffer
-  --history N                     keep the last N messages per topic for `psub` resume (default 0: off)
+  --history N                     keep the last N messages per topic for `psub` resume (default 0: off;
+                                  with --broker they are kept in Redis Streams, for every node)
   --history-ttl-s S               and drop history older than S seconds (default 0: no age limit)
   --history-topics-max N          topics that keep a history at once (default 100000)
   --tls-cert FILE                 serve wss:// only, with this PEM certificate chain

@@ -42,7 +42,7 @@ pub use envelope::{Envelope, HEADER_BYTES, Invalid, Kind};
 pub use redis_broker::RedisBroker;
 
 use crate::config::Config;
-use crate::handler::Publisher;
+use crate::handler::{Frame, Publisher};
 use crate::history::{HistoryLimits, Position};
 use crate::history_redis::StreamReplay;
 
@@ -752,7 +752,9 @@ impl Hub {
                 self.metrics.reconnects.fetch_add(1, Relaxed);
                 backoff = BACKOFF_MIN;
             }
-            // The demand keeps changing while the link is down.
+            // The demand keeps changing while the link is down; a resume cannot be served
+            // without Redis, so it is answered as a gap now rather than left waiting.
+            session.fail_requests();
             session.apply_demand(&mut Vec::new(), &mut Vec::new());
             self.sleep(backoff);
             backoff = (backoff * 2).min(self.reconnect_max);
@@ -960,12 +962,37 @@ impl Session<'_> {
         true
     }
 
+    /// Answers every resume waiting (queued or taken) as a gap: the link to Redis is down.
+    fn fail_requests(&mut self) {
+        self.requests
+            .append(&mut lock(&self.hub.shards[self.shard].requests));
+        for r in std::mem::take(&mut self.requests) {
+            self.answer(r, Vec::new(), None, true);
+        }
+    }
+
+    /// Posts a resume's answer to its worker (and counts it).
+    fn answer(&self, r: ReplayRequest, frames: Vec<Frame>, last: Option<Position>, gap: bool) {
+        let m = &self.hub.metrics;
+        m.replays.fetch_add(1, Relaxed);
+        m.replay_gaps.fetch_add(u64::from(gap), Relaxed);
+        self.publisher
+            .mailbox(r.id.worker())
+            .post(crate::handler::Mail::Resumed {
+                id: r.id,
+                topic: r.topic,
+                req: r.req,
+                frames,
+                last,
+                gap,
+            });
+    }
+
     /// Answers one resume from the history: the frames after its position, the topic's latest
     /// position (live messages at or before it are skipped), and whether there was a gap.
     fn serve_replay(&mut self, r: ReplayRequest) {
         let replay = self.read_history(&r.topic, r.from);
         let m = &self.hub.metrics;
-        m.replays.fetch_add(1, Relaxed);
         let (mut frames, mut gap, mut last) = (Vec::new(), true, None);
         if let Some(replay) = replay {
             gap = replay.gap;
@@ -983,17 +1010,7 @@ impl Session<'_> {
                 }
             }
         }
-        m.replay_gaps.fetch_add(u64::from(gap), Relaxed);
-        self.publisher
-            .mailbox(r.id.worker())
-            .post(crate::handler::Mail::Resumed {
-                id: r.id,
-                topic: r.topic,
-                req: r.req,
-                frames,
-                last,
-                gap,
-            });
+        self.answer(r, frames, last, gap);
     }
 
     fn account(&mut self, channel: &str, env: &Envelope) -> bool {
