@@ -174,6 +174,10 @@ pub struct Config {
     /// Past it, histories emptied by age go first, then the one with the oldest latest
     /// message; its subscribers are told of a gap when they resume.
     pub history_topics_max: usize,
+    /// With the history in the brokers: resumes a worker has asked of them and not yet had
+    /// answered. Past it a resume is answered as a gap at once (each answer is up to
+    /// `history_messages_max` messages framed on arrival, so this bounds that memory).
+    pub history_resumes_pending_per_worker_max: usize,
     /// Serve `wss://` with these certificates (None: plain `ws://`). SIGHUP reloads them
     /// (`ringws::run_until_signal`); a file that does not load is refused and the old
     /// certificates stay.
@@ -238,6 +242,7 @@ impl Default for Config {
             history_messages_max: 0,
             history_age_max_ms: 0,
             history_topics_max: 100_000,
+            history_resumes_pending_per_worker_max: 256,
             tls: None,
             brokers: Vec::new(),
             broker_channel_prefix: "ringws:".into(),
@@ -357,6 +362,11 @@ impl Config {
         check(
             self.history_topics_max >= 1,
             "history_topics_max",
+            "must be at least 1",
+        )?;
+        check(
+            self.history_resumes_pending_per_worker_max >= 1,
+            "history_resumes_pending_per_worker_max",
             "must be at least 1",
         )?;
         check(

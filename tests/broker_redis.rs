@@ -741,3 +741,40 @@ fn shared_history_lost_by_a_redis_restart_is_a_gap_and_a_new_epoch() {
     a.shutdown();
     a.join().unwrap();
 }
+
+/// Resumes waiting for Redis are bounded per worker (`history_resumes_pending_per_worker_max`):
+/// with Redis stopped (SIGSTOP) one resume waits, and the next is answered as a gap at once
+/// instead of queueing up replays without bound. Once Redis goes on, the first is answered.
+#[test]
+fn shared_history_bounds_the_resumes_waiting_for_redis() {
+    let redis = RedisServer::start();
+    let a = node(vec![redis.url()], |c| {
+        c.workers = 1;
+        c.history_messages_max = 100;
+        c.history_resumes_pending_per_worker_max = 1;
+    });
+    wait_until("links up", || broker(&a).all_up());
+    let (mut sub, answer) = psub(&a, None);
+    assert_eq!(answer, "ok psub news 0");
+    redis.wait_numsub(CHANNEL, 1);
+    let mut publisher = Client::connect(a.local_addr()).unwrap();
+    publisher.send_text("pub news 0-0").unwrap();
+    let (first, _) = positioned(&text(&mut sub));
+    redis.signal(libc::SIGSTOP);
+    let mut waiting = Client::connect(a.local_addr()).unwrap();
+    waiting.send_text(&format!("psub news {first}")).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let (c, answer) = psub(&a, Some(first));
+    assert_eq!(
+        answer, "ok psub news gap",
+        "one is waiting already: no second"
+    );
+    // Answered by the worker, not by a replay that failed (Redis has answered nothing yet).
+    assert_eq!(broker(&a).replays.load(Relaxed), 0);
+    redis.signal(libc::SIGCONT);
+    let answer = text(&mut waiting);
+    assert!(answer.starts_with("ok psub news "), "{answer}");
+    drop((sub, publisher, waiting, c));
+    a.shutdown();
+    a.join().unwrap();
+}

@@ -89,6 +89,9 @@ struct Shared {
     positioned: HashMap<Box<str>, Vec<(Key, Position)>>,
     /// Numbers the resumes sent to the broker's history, to match each answer to its request.
     resume_req: u64,
+    /// Resumes sent to the broker's history and not yet answered, and the most there may be.
+    resumes_pending: usize,
+    resumes_pending_max: usize,
     deferred: VecDeque<Deferred>,
     dirty: Vec<Key>,
     metrics: Arc<WorkerMetrics>,
@@ -358,7 +361,12 @@ impl ConnOps for Ctx<'_> {
         } else if publisher.broker_history().is_some() {
             match from {
                 None => (LAST_ANY, Some((Vec::new(), false))),
+                // Too many waiting already: not checked, so a gap (and live from now).
+                Some(_) if self.sh.resumes_pending >= self.sh.resumes_pending_max => {
+                    (LAST_ANY, Some((Vec::new(), true)))
+                }
                 Some(_) => {
+                    self.sh.resumes_pending += 1;
                     self.sh.resume_req += 1;
                     (
                         Position {
@@ -1547,6 +1555,7 @@ impl<H: Handler> Engine<H> {
                 last,
                 gap,
             } => {
+                self.sh.resumes_pending -= 1;
                 let key = Key {
                     index: id.index(),
                     generation: id.generation(),
@@ -1904,6 +1913,8 @@ impl<H: Handler> Worker<H> {
             topics: HashMap::new(),
             positioned: HashMap::new(),
             resume_req: 0,
+            resumes_pending: 0,
+            resumes_pending_max: cfg.history_resumes_pending_per_worker_max,
             deferred: VecDeque::new(),
             dirty: Vec::new(),
             metrics: setup.metrics,
