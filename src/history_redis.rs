@@ -294,9 +294,12 @@ impl StreamHistory {
                     _ => {}
                 }
             }
+            // Only a leading run is too old, as in `TopicHistory` (which trims from the front):
+            // the times come from the publishing nodes' clocks, so one entry that looks old
+            // after a newer one must not leave a hole in the middle of a replay.
             let too_old =
                 self.limits.age_max_ms > 0 && now_ms.saturating_sub(t) > self.limits.age_max_ms;
-            if too_old {
+            if too_old && messages.is_empty() {
                 continue;
             }
             let payload = p.ok_or_else(|| bad("payload"))?;

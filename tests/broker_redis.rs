@@ -496,6 +496,32 @@ fn topics_spread_over_two_redis_servers_by_consistent_hash() {
     }
 }
 
+/// Two nodes on `redis` with the history in it (`messages` per topic), their links up.
+fn history_pair(redis: &RedisServer, messages: usize) -> (ServerHandle, ServerHandle) {
+    let history = |c: &mut Config| c.history_messages_max = messages;
+    let a = node(vec![redis.url()], history);
+    let b = node(vec![redis.url()], history);
+    wait_until("links up", || broker(&a).all_up() && broker(&b).all_up());
+    (a, b)
+}
+
+/// A live positioned subscriber on `node` (alone on the channel), a publisher there, and the
+/// first three messages (`0-0`..`0-2`) as the subscriber got them.
+fn three_published(
+    redis: &RedisServer,
+    node: &ServerHandle,
+) -> (Client, Client, Vec<(ringws::history::Position, String)>) {
+    let (mut sub, answer) = psub(node, None);
+    assert_eq!(answer, "ok psub news 0");
+    redis.wait_numsub(CHANNEL, 1);
+    let mut publisher = Client::connect(node.local_addr()).unwrap();
+    for i in 0..3 {
+        publisher.send_text(&format!("pub news 0-{i}")).unwrap();
+    }
+    let got = (0..3).map(|_| positioned(&text(&mut sub))).collect();
+    (sub, publisher, got)
+}
+
 /// The next text message (the heartbeat's pings are skipped; a safety net of 30 s, so that a
 /// message that never comes fails the test instead of hanging it).
 fn text(c: &mut Client) -> String {
@@ -562,10 +588,7 @@ fn assert_whole(got: &[(ringws::history::Position, String)], publishers: usize, 
 #[test]
 fn shared_history_a_subscriber_that_left_node_a_resumes_on_node_b_without_loss() {
     let redis = RedisServer::start();
-    let history = |c: &mut Config| c.history_messages_max = 100_000;
-    let a = node(vec![redis.url()], history);
-    let b = node(vec![redis.url()], history);
-    wait_until("links up", || broker(&a).all_up() && broker(&b).all_up());
+    let (a, b) = history_pair(&redis, 100_000);
     let (mut sub, answer) = psub(&a, None);
     assert_eq!(answer, "ok psub news 0");
     redis.wait_numsub(CHANNEL, 1);
@@ -627,10 +650,7 @@ fn shared_history_a_subscriber_that_left_node_a_resumes_on_node_b_without_loss()
 #[test]
 fn shared_history_repairs_what_a_cut_subscribe_link_missed() {
     let redis = RedisServer::start();
-    let history = |c: &mut Config| c.history_messages_max = 100_000;
-    let a = node(vec![redis.url()], history);
-    let b = node(vec![redis.url()], history);
-    wait_until("links up", || broker(&a).all_up() && broker(&b).all_up());
+    let (a, b) = history_pair(&redis, 100_000);
     let (mut sub, answer) = psub(&b, None);
     assert_eq!(answer, "ok psub news 0");
     redis.wait_numsub(CHANNEL, 1);
@@ -684,14 +704,7 @@ fn shared_history_lost_by_a_redis_restart_is_a_gap_and_a_new_epoch() {
     let history = |c: &mut Config| c.history_messages_max = 1000;
     let a = node(vec![redis.url()], history);
     wait_until("links up", || broker(&a).all_up());
-    let (mut sub, answer) = psub(&a, None);
-    assert_eq!(answer, "ok psub news 0");
-    redis.wait_numsub(CHANNEL, 1);
-    let mut publisher = Client::connect(a.local_addr()).unwrap();
-    for i in 0..3 {
-        publisher.send_text(&format!("pub news 0-{i}")).unwrap();
-    }
-    let before: Vec<_> = (0..3).map(|_| positioned(&text(&mut sub))).collect();
+    let (sub, mut publisher, before) = three_published(&redis, &a);
     assert_whole(&before, 1, 3);
     drop(sub);
     // Before the restart the position resumes (nothing missed).
@@ -777,4 +790,53 @@ fn shared_history_bounds_the_resumes_waiting_for_redis() {
     drop((sub, publisher, waiting, c));
     a.shutdown();
     a.join().unwrap();
+}
+
+/// A subscriber that resumed on a quiet topic (nothing delivered live on its node yet) and
+/// whose node's subscribe link is then cut: what is published meanwhile is repaired from the
+/// replay's position, not silently skipped.
+#[test]
+fn shared_history_repairs_a_quiet_topic_after_a_cut_link() {
+    let redis = RedisServer::start();
+    let (a, b) = history_pair(&redis, 1000);
+    let (watcher, mut publisher, seen) = three_published(&redis, &a);
+    let (mut quiet, answer) = psub(&b, Some(seen[2].0));
+    assert_eq!(answer, "ok psub news 0");
+    redis.wait_numsub(CHANNEL, 2);
+    let mut c = redis::Client::open(redis.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut c)
+        .unwrap();
+    // At once, while B's link is down (it waits at least 50 ms before reconnecting).
+    for i in 3..23 {
+        publisher.send_text(&format!("pub news 0-{i}")).unwrap();
+    }
+    let got: Vec<_> = (0..20).map(|_| positioned(&text(&mut quiet))).collect();
+    for (k, (p, t)) in got.iter().enumerate() {
+        assert_eq!(
+            (p.epoch, p.offset, t.as_str()),
+            (
+                seen[0].0.epoch,
+                k as u64 + 4,
+                format!("0-{}", k + 3).as_str()
+            ),
+            "every message once, in order, none skipped"
+        );
+    }
+    assert!(
+        broker(&b).repaired.load(Relaxed) > 0,
+        "B's link was back before the publishes: the test did not test"
+    );
+    assert_eq!(broker(&b).lost.load(Relaxed), 0);
+    drop((watcher, quiet, publisher));
+    for n in [a, b] {
+        n.shutdown();
+        n.join().unwrap();
+    }
 }

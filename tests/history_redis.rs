@@ -61,6 +61,14 @@ impl Drop for Redis {
     }
 }
 
+/// A store with these limits.
+fn store(messages_max: usize, age_max_ms: u64) -> StreamHistory {
+    StreamHistory::new(HistoryLimits {
+        messages_max,
+        age_max_ms,
+    })
+}
+
 fn next(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;
     *seed ^= *seed >> 7;
@@ -202,10 +210,7 @@ fn an_age_bound_expires_a_dead_topic_and_a_batch_spans_topics() {
     let pttl = |con: &mut redis::Connection, key: &str| -> i64 {
         redis::cmd("PTTL").arg(key).query(con).unwrap()
     };
-    let mut aged = StreamHistory::new(HistoryLimits {
-        messages_max: 10,
-        age_max_ms: 5_000,
-    });
+    let mut aged = store(10, 5_000);
     let mut out = Vec::new();
     aged.publish_batch(
         &mut con,
@@ -227,10 +232,7 @@ fn an_age_bound_expires_a_dead_topic_and_a_batch_spans_topics() {
             "{key}: PTTL {ttl}"
         );
     }
-    let mut forever = StreamHistory::new(HistoryLimits {
-        messages_max: 10,
-        age_max_ms: 0,
-    });
+    let mut forever = store(10, 0);
     forever.publish(&mut con, "c", b"", b"c1", 0, 0x78).unwrap();
     assert_eq!(pttl(&mut con, "ringws:h:c"), -1, "no age bound: no expiry");
     assert_eq!(pttl(&mut con, "ringws:m:c"), -1);
@@ -243,10 +245,7 @@ fn an_age_bound_expires_a_dead_topic_and_a_batch_spans_topics() {
 fn a_stream_left_without_its_meta_starts_a_new_epoch() {
     let redis = Redis::start();
     let mut con = redis.connect().unwrap();
-    let mut h = StreamHistory::new(HistoryLimits {
-        messages_max: 10,
-        age_max_ms: 0,
-    });
+    let mut h = store(10, 0);
     for i in 0..3 {
         h.publish(&mut con, "t", b"", format!("a{i}").as_bytes(), 0, 0x1)
             .unwrap();
@@ -271,4 +270,32 @@ fn a_stream_left_without_its_meta_starts_a_new_epoch() {
         vec![(p, b"b0".to_vec())],
         "only the new epoch's"
     );
+}
+
+/// Entries carry the publishing node's clock, so with two nodes an entry can look older than
+/// the one before it. Only a leading run of too-old entries is dropped (as `TopicHistory`
+/// trims from the front): a replay never has a hole in its middle that it does not call a gap.
+#[test]
+fn an_entry_that_looks_old_between_fresh_ones_is_replayed_not_skipped() {
+    let redis = Redis::start();
+    let mut con = redis.connect().unwrap();
+    let mut h = store(10, 100);
+    let mut at = Vec::new();
+    for (body, now) in [("a", 1_000u64), ("b", 0), ("c", 1_000)] {
+        at.push(
+            h.publish(&mut con, "t", b"", body.as_bytes(), now, 0x9)
+                .unwrap(),
+        );
+    }
+    let r = h
+        .replay_after(&mut con, "t", Position::start(0x9), 1_050)
+        .unwrap();
+    let got: Vec<&[u8]> = r.messages.iter().map(|(_, p)| p.as_slice()).collect();
+    assert_eq!(got, [b"a" as &[u8], b"b", b"c"]);
+    assert!(!r.gap);
+    // A leading run that is too old is still dropped, and makes a gap.
+    let r = h
+        .replay_after(&mut con, "t", Position::start(0x9), 1_200)
+        .unwrap();
+    assert!(r.gap && r.messages.is_empty());
 }

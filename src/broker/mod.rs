@@ -57,8 +57,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Opens a connection for publishing (connect, read and write bounded by `timeout`).
     fn connect_publisher(&self, timeout: Duration) -> io::Result<Box<dyn PublishLink>>;
     /// Connects, calls `session.connected()`, then until `session.changes` says stop: applies
-    /// the (un)subscriptions it returns (then `session.subscribed`), and hands every message
-    /// to `session.deliver`, waiting at most `poll` for one. Returns `Err` when the link fails.
+    /// the (un)subscriptions it returns (then `session.subscribed`), hands every message
+    /// to `session.deliver`, waiting at most `poll` for one, and calls `session.settled()` once
+    /// per turn (required: resumes from the history are served there). Returns `Err` when the
+    /// link fails.
     fn run_subscriber(
         &self,
         timeout: Duration,
@@ -734,6 +736,7 @@ impl Hub {
             channels: 0,
             hlink: None,
             last: HashMap::new(),
+            floor: HashMap::new(),
             requests: Vec::new(),
             repair_all: false,
         };
@@ -756,7 +759,14 @@ impl Hub {
             // without Redis, so it is answered as a gap now rather than left waiting.
             session.fail_requests();
             session.apply_demand(&mut Vec::new(), &mut Vec::new());
-            self.sleep(backoff);
+            // Resumes that come during the backoff are answered too, every 20 ms.
+            let end = Instant::now() + backoff;
+            while !self.stopping() && Instant::now() < end {
+                self.sleep(
+                    Duration::from_millis(20).min(end.saturating_duration_since(Instant::now())),
+                );
+                session.fail_requests();
+            }
             backoff = (backoff * 2).min(self.reconnect_max);
         }
         self.metrics.set_link(i, 1, false);
@@ -811,6 +821,10 @@ struct Session<'h> {
     hlink: Option<Box<dyn HistoryLink>>,
     /// With history in the broker: the last position delivered to the workers, per topic.
     last: HashMap<Arc<str>, Position>,
+    /// With history in the broker: for a topic with no live message delivered yet, the latest
+    /// position a replay answered with. Live messages behind it still go to the workers (others
+    /// may need them), but a jump past it, or a reconnect, is repaired from it.
+    floor: HashMap<Arc<str>, Position>,
     /// Resumes taken from the shard, served once their channels are subscribed (`settled`).
     requests: Vec<ReplayRequest>,
     /// The subscribe link was (re)connected: what was published while it was down is fetched
@@ -845,6 +859,7 @@ impl Session<'_> {
                 self.topics.remove(&topic);
                 self.seen.remove(channel.as_str());
                 self.last.remove(&topic);
+                self.floor.remove(&topic);
                 // Off the channel, this node will miss messages: its history of them ends.
                 self.publisher.forget_history(|t| t == &*topic);
             } else {
@@ -895,42 +910,68 @@ impl Session<'_> {
             return; // unsubscribed since: not owed to anyone here
         };
         let topic = topic.clone();
-        if let Some(&last) = self.last.get(&topic)
-            && last.epoch == position.epoch
-        {
-            if position.offset <= last.offset {
-                m.stale.fetch_add(1, Relaxed);
-                return;
+        match self.last.get(&topic) {
+            Some(&last) if last.epoch == position.epoch => {
+                if position.offset <= last.offset {
+                    m.stale.fetch_add(1, Relaxed);
+                    return;
+                }
+                if position.offset > last.offset + 1 {
+                    self.repair(&topic, last, Some(position));
+                }
             }
-            if position.offset > last.offset + 1 {
-                self.repair(&topic, last, Some(position));
+            Some(_) => {}
+            None => {
+                if let Some(&floor) = self.floor.get(&topic)
+                    && floor.epoch == position.epoch
+                    && position.offset > floor.offset + 1
+                {
+                    self.repair(&topic, floor, Some(position));
+                }
             }
         }
         if self.post_positioned(&topic, position, rest, true) {
-            self.last.insert(topic, position);
+            self.last.insert(topic.clone(), position);
+            self.floor.remove(&topic);
         }
     }
 
     /// Fetches what `topic` had after `after` (up to, not including, `upto`; everything when
     /// None) and delivers it; what the history no longer holds is counted lost.
-    fn repair(&mut self, topic: &Arc<str>, after: Position, upto: Option<Position>) {
+    fn repair(&mut self, topic: &Arc<str>, after: Position, upto: Option<Position>) -> bool {
         let replay = self.read_history(topic, after);
+        let answered = replay.is_some();
         let mut got = 0u64;
+        // A reconnect's repair (no `upto`) of the same epoch: what the stream no longer holds
+        // between `after` and its first message is lost.
+        let trimmed = match (&replay, upto) {
+            (Some(r), None) if r.gap && r.last.is_some_and(|l| l.epoch == after.epoch) => {
+                let first = r
+                    .messages
+                    .first()
+                    .map_or(r.last.map_or(0, |l| l.offset + 1), |(p, _)| p.offset);
+                first.saturating_sub(after.offset + 1)
+            }
+            _ => 0,
+        };
         for (p, bytes) in replay.iter().flat_map(|r| &r.messages) {
             if upto.is_some_and(|u| p.epoch != u.epoch || p.offset >= u.offset) {
                 break;
             }
             if self.post_positioned(topic, *p, bytes, false) {
                 self.last.insert(topic.clone(), *p);
+                self.floor.remove(topic);
                 got += 1;
             }
         }
         let m = &self.hub.metrics;
         m.repaired.fetch_add(got, Relaxed);
+        m.lost.fetch_add(trimmed, Relaxed);
         if let Some(u) = upto {
             m.lost
                 .fetch_add((u.offset - after.offset - 1).saturating_sub(got), Relaxed);
         }
+        answered
     }
 
     /// One message of the history to every local worker, positioned; false if it is not one.
@@ -990,8 +1031,9 @@ impl Session<'_> {
 
     /// Answers one resume from the history: the frames after its position, the topic's latest
     /// position (live messages at or before it are skipped), and whether there was a gap.
-    fn serve_replay(&mut self, r: ReplayRequest) {
+    fn serve_replay(&mut self, r: ReplayRequest) -> bool {
         let replay = self.read_history(&r.topic, r.from);
+        let answered = replay.is_some();
         let m = &self.hub.metrics;
         let (mut frames, mut gap, mut last) = (Vec::new(), true, None);
         if let Some(replay) = replay {
@@ -1010,7 +1052,17 @@ impl Session<'_> {
                 }
             }
         }
+        if let Some(l) = last
+            && !self.last.contains_key(&r.topic)
+            && self.topics.contains_key(&r.topic)
+        {
+            let f = self.floor.entry(r.topic.clone()).or_insert(l);
+            if f.epoch != l.epoch || f.offset < l.offset {
+                *f = l;
+            }
+        }
         self.answer(r, frames, last, gap);
+        answered
     }
 
     fn account(&mut self, channel: &str, env: &Envelope) -> bool {
@@ -1046,7 +1098,8 @@ impl SubscribeSession for Session<'_> {
     fn connected(&mut self) {
         self.fresh = true;
         self.connected = true;
-        self.repair_all = self.hub.keeps_history() && !self.last.is_empty();
+        self.repair_all =
+            self.hub.keeps_history() && !(self.last.is_empty() && self.floor.is_empty());
         // While the link was down this node may have missed messages of this shard's topics.
         let (hub, shard) = (self.hub, self.shard);
         self.publisher
@@ -1088,15 +1141,31 @@ impl SubscribeSession for Session<'_> {
         if !self.hub.keeps_history() || (self.requests.is_empty() && !self.repair_all) {
             return;
         }
+        // Redis failing once in this pass: the rest is answered without it (a gap) rather
+        // than each waiting out its own timeout while the link's messages pile up.
+        let mut up = true;
         if std::mem::take(&mut self.repair_all) {
-            let topics: Vec<(Arc<str>, Position)> =
+            let mut topics: Vec<(Arc<str>, Position)> =
                 self.last.iter().map(|(t, p)| (t.clone(), *p)).collect();
+            topics.extend(
+                self.floor
+                    .iter()
+                    .filter(|(t, _)| !self.last.contains_key(*t))
+                    .map(|(t, p)| (t.clone(), *p)),
+            );
             for (topic, after) in topics {
-                self.repair(&topic, after, None);
+                if !self.repair(&topic, after, None) {
+                    up = false;
+                    break;
+                }
             }
         }
         for r in std::mem::take(&mut self.requests) {
-            self.serve_replay(r);
+            if up {
+                up = self.serve_replay(r);
+            } else {
+                self.answer(r, Vec::new(), None, true);
+            }
         }
     }
 

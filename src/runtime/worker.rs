@@ -72,8 +72,10 @@ enum Deferred {
     Close(Key, u16, Box<str>),
     Publish(Arc<str>, Frame, Option<Arc<Sequenced>>),
     /// A positioned subscription started: the handler hears of it (`on_resume`), then what it
-    /// replays is queued behind the handler's own answer.
-    Resumed(Key, Arc<str>, Resume, Vec<Frame>),
+    /// replays is queued behind the handler's own answer. From the broker, it names the
+    /// request it answers and the position the subscriber is at once it runs (set then, not
+    /// when the mail came: live messages queued before it must still pass it by).
+    Resumed(Key, Arc<str>, Resume, Vec<Frame>, Option<(u64, Position)>),
     Broadcast(Frame),
     Backpressure(Key, usize, Backpressure),
 }
@@ -400,7 +402,7 @@ impl ConnOps for Ctx<'_> {
                 };
                 self.sh
                     .deferred
-                    .push_back(Deferred::Resumed(self.key, topic, answer, frames));
+                    .push_back(Deferred::Resumed(self.key, topic, answer, frames, None));
             }
             None => {
                 let hub = self.sh.publisher.broker_history().expect("checked above");
@@ -1489,7 +1491,23 @@ impl<H: Handler> Engine<H> {
                 }
                 self.keys = keys;
             }
-            Deferred::Resumed(key, topic, resume, frames) => {
+            Deferred::Resumed(key, topic, resume, frames, from_broker) => {
+                if let Some((req, last)) = from_broker {
+                    let pending = Position {
+                        epoch: EPOCH_PENDING,
+                        offset: req,
+                    };
+                    // Still waiting for this answer (not unsubscribed, closed or subscribed
+                    // again since).
+                    let Some(entry) =
+                        self.sh.positioned.get_mut(&*topic).and_then(|subs| {
+                            subs.iter_mut().find(|(k, p)| *k == key && *p == pending)
+                        })
+                    else {
+                        return;
+                    };
+                    entry.1 = last;
+                }
                 if let Some((mut ctx, _, handler)) = self.ctx(key, true)
                     && ctx.st.phase == Phase::Open
                 {
@@ -1560,27 +1578,18 @@ impl<H: Handler> Engine<H> {
                     index: id.index(),
                     generation: id.generation(),
                 };
-                let pending = Position {
-                    epoch: EPOCH_PENDING,
-                    offset: req,
-                };
-                // Still waiting for this answer (not unsubscribed, closed or subscribed again).
-                let Some(entry) = self
-                    .sh
-                    .positioned
-                    .get_mut(&*topic)
-                    .and_then(|subs| subs.iter_mut().find(|(k, p)| *k == key && *p == pending))
-                else {
-                    return;
-                };
-                entry.1 = last.unwrap_or(LAST_ANY);
                 let resume = Resume {
                     replayed: frames.len(),
                     gap,
                 };
-                self.sh
-                    .deferred
-                    .push_back(Deferred::Resumed(key, topic, resume, frames));
+                let at = last.unwrap_or(LAST_ANY);
+                self.sh.deferred.push_back(Deferred::Resumed(
+                    key,
+                    topic,
+                    resume,
+                    frames,
+                    Some((req, at)),
+                ));
             }
             Mail::Shutdown => self.begin_stop(),
         }
