@@ -8,14 +8,14 @@
 //! parsed (at most a few receive buffers), so the queue passes the high mark by at most a few
 //! messages' worth of what the handler sends for them.
 //!
-//! The hook is one call per settled slot ([`Memory::pace`]); the decision is a pure function of
-//! the slot's state ([`reads`]), tested on its own.
+//! The hook is one call per settled slot (`Memory::pace`); the decision is a pure function of
+//! the slot's state (`reads`), tested on its own.
 //!
 //! **The memory budget.** One [`MemoryBudget`] per server counts the bytes the engine buffers:
 //! every connection's send queue (its own copied bytes, by capacity), reassembly and handshake
 //! spill (`ConnState::held_bytes`, updated when the slot is settled), each worker's pools
 //! (reassembly and inflate-output buffers kept for reuse, the compressor's output), and every
-//! shared frame once, from its encoding until its last reference drops ([`counted`]). Workers
+//! shared frame once, from its encoding until its last reference drops (`counted`). Workers
 //! add their changes to one atomic once per loop turn, not per byte. Past half of the budget,
 //! reading pauses on every connection the worker settles that holds more than one receive
 //! buffer (`recv_buffer_bytes`; so no large new input is buffered, while clients that read their

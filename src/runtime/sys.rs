@@ -1,5 +1,5 @@
 //! Sockets, descriptors, limits and signals: every libc call of the runtime goes through
-//! [`syscall!`], which turns -1 into `io::Error` (the mio habit).
+//! `syscall!`, which turns -1 into `io::Error` (the mio habit).
 
 use std::io;
 use std::mem;

@@ -330,7 +330,7 @@ fn encode_error(e: EncodeError) -> usize {
 
 impl TlsConn {
     /// Feeds bytes read from the socket. The plaintext they carry is appended to `plain`, in
-    /// order. An error means the connection must end (after sending [`TlsConn::pending`]).
+    /// order. An error means the connection must end (after sending [`TlsConn::take_pending`]).
     pub fn receive(&mut self, mut buf: &mut [u8], plain: &mut Vec<u8>) -> Result<(), TlsFailure> {
         if self.has(tf::FAILED | tf::PEER_CLOSED) {
             return Ok(());
