@@ -265,6 +265,21 @@ impl<'a> Conn<'a> {
     }
 }
 
+/// `<position> <payload>` the plain way: the body built first, then framed (and compressed,
+/// if someone takes compressed frames) by [`Publisher::encode`].
+fn encode_positioned_reference(p: &Publisher, position: Position, msg: Message<'_>) -> Frame {
+    let mut body = position.to_string().into_bytes();
+    body.push(b' ');
+    body.extend_from_slice(msg.payload());
+    match msg {
+        Message::Text(_) => {
+            let text = String::from_utf8(body).expect("ASCII + ' ' + UTF-8");
+            p.encode(Message::Text(&text))
+        }
+        Message::Binary(_) => p.encode(Message::Binary(&body)),
+    }
+}
+
 /// Encodes a whole server frame (unmasked) once, to be shared by reference.
 pub(crate) fn encode_shared(msg: Message<'_>) -> Vec<u8> {
     let opcode = match msg {
@@ -631,16 +646,38 @@ impl Publisher {
     }
 
     /// `<position> <payload>`, framed once (text stays text: a position is ASCII).
+    /// Framed in one allocation: the header, the position and the payload are written straight
+    /// into the frame (no intermediate body; text needs no second UTF-8 check, as an ASCII
+    /// position and a space before valid UTF-8 are valid UTF-8). A frame that may be compressed
+    /// takes the general path ([`encode_positioned_reference`], which the tests compare with).
     fn encode_positioned(&self, position: Position, msg: Message<'_>) -> Frame {
-        let mut body = position.to_string().into_bytes();
-        body.push(b' ');
-        body.extend_from_slice(msg.payload());
-        match msg {
-            Message::Text(_) => {
-                let text = String::from_utf8(body).expect("ASCII + ' ' + UTF-8");
-                self.encode(Message::Text(&text))
-            }
-            Message::Binary(_) => self.encode(Message::Binary(&body)),
+        use std::io::Write as _;
+        let payload = msg.payload();
+        // "<16 hex digits>-<20 digits> " at most.
+        let mut head = [0u8; 40];
+        let n = {
+            let mut w = &mut head[..];
+            write!(w, "{position} ").expect("a position fits in 40 bytes");
+            40 - w.len()
+        };
+        let body_len = n + payload.len();
+        let d = &*self.deflate;
+        if d.enabled && body_len >= d.bytes_min && d.receivers.load(Relaxed) > 0 {
+            return encode_positioned_reference(self, position, msg);
+        }
+        let opcode = match msg {
+            Message::Text(_) => OpCode::Text,
+            Message::Binary(_) => OpCode::Binary,
+        };
+        let mut hdr = [0u8; frame::HEADER_BYTES_MAX];
+        let h = frame::encode_header(&mut hdr, true, 0, opcode, body_len as u64, None);
+        let mut out = Vec::with_capacity(h + body_len);
+        out.extend_from_slice(&hdr[..h]);
+        out.extend_from_slice(&head[..n]);
+        out.extend_from_slice(payload);
+        Frame {
+            plain: counted(out, &self.memory),
+            deflated: None,
         }
     }
 
@@ -747,16 +784,57 @@ mod tests {
         assert_eq!(b.len(), 304);
     }
 
-    #[test]
-    fn shared_frames_are_compressed_once_when_someone_takes_them() {
-        use crate::proto::deflate::Inflater;
+    /// A publisher with no workers and the default deflate settings.
+    fn test_publisher() -> Publisher {
         let cfg = crate::config::Config::default();
-        let p = Publisher::new(
+        Publisher::new(
             Arc::from(Vec::new()),
             Arc::new(SharedDeflate::from_config(&cfg)),
             None,
             Arc::new(MemoryBudget::new(1 << 30)),
-        );
+        )
+    }
+
+    #[test]
+    fn positioned_frames_match_the_reference() {
+        let p = test_publisher();
+        let positions = [
+            Position::start(0),
+            Position {
+                epoch: 0xabc,
+                offset: 7,
+            },
+            Position {
+                epoch: u64::MAX,
+                offset: u64::MAX,
+            },
+        ];
+        // Across the 7-bit, 16-bit and 64-bit length forms, with multi-byte UTF-8.
+        for len in [0, 1, 80, 125, 126, 200, 65_535, 65_536, 70_000] {
+            let text: String = "é".repeat(len / 2) + &"a".repeat(len % 2);
+            let bin = vec![0xa5u8; len];
+            for &pos in &positions {
+                for msg in [Message::Text(&text), Message::Binary(&bin)] {
+                    let fast = p.encode_positioned(pos, msg);
+                    let slow = encode_positioned_reference(&p, pos, msg);
+                    assert_eq!(fast.plain, slow.plain, "{pos} {len}");
+                    assert!(fast.deflated.is_none() && slow.deflated.is_none());
+                }
+            }
+        }
+        // Someone takes compressed frames: the general path, compressed twin included.
+        p.deflate().receivers.fetch_add(1, Relaxed);
+        let json = r#"{"price":"43127.55","size":"0.0021","side":"buy"}"#.repeat(8);
+        let f = p.encode_positioned(positions[1], Message::Text(&json));
+        let r = encode_positioned_reference(&p, positions[1], Message::Text(&json));
+        assert_eq!(f.plain, r.plain);
+        assert!(f.deflated.is_some());
+    }
+
+    #[test]
+    fn shared_frames_are_compressed_once_when_someone_takes_them() {
+        use crate::proto::deflate::Inflater;
+        let p = test_publisher();
         let json =
             r#"{"symbol":"BTC-USD","price":"43127.55","size":"0.0021","side":"buy"}"#.repeat(4);
         // Nobody takes compressed frames: none is made.
