@@ -265,6 +265,15 @@ impl<'a> Conn<'a> {
     }
 }
 
+/// The message in a plain frame whose payload starts at `body` (text if `text` and valid).
+fn message_at(plain: &[u8], text: bool, body: usize) -> Message<'_> {
+    let payload = &plain[body..];
+    match std::str::from_utf8(payload) {
+        Ok(t) if text => Message::Text(t),
+        _ => Message::Binary(payload),
+    }
+}
+
 /// `<position> <payload>` the plain way: the body built first, then framed (and compressed,
 /// if someone takes compressed frames) by [`Publisher::encode`].
 fn encode_positioned_reference(p: &Publisher, position: Position, msg: Message<'_>) -> Frame {
@@ -592,17 +601,20 @@ impl Publisher {
         history.publish(
             &topic,
             |position| self.encode_positioned(position, msg),
-            |seq| {
-                let seq = Arc::new(seq);
-                for m in self.mailboxes.iter() {
-                    m.post(Mail::Publish(
-                        topic.clone(),
-                        frame.clone(),
-                        Some(seq.clone()),
-                    ));
-                }
-            },
+            |seq| self.post_sequenced(&topic, &frame, seq),
         );
+    }
+
+    /// A message with its position to every worker (this one too).
+    fn post_sequenced(&self, topic: &Arc<str>, frame: &Frame, seq: Sequenced) {
+        let seq = Arc::new(seq);
+        for m in self.mailboxes.iter() {
+            m.post(Mail::Publish(
+                topic.clone(),
+                frame.clone(),
+                Some(seq.clone()),
+            ));
+        }
     }
 
     /// A message of the broker's history (its plain frame, payload at `body`) to every local
@@ -616,17 +628,11 @@ impl Publisher {
         body: usize,
     ) {
         let positioned = self.positioned_of_plain(position, &frame.plain, text, body);
-        let seq = Arc::new(Sequenced {
+        let seq = Sequenced {
             position,
             frame: positioned,
-        });
-        for m in self.mailboxes.iter() {
-            m.post(Mail::Publish(
-                topic.clone(),
-                frame.clone(),
-                Some(seq.clone()),
-            ));
-        }
+        };
+        self.post_sequenced(&topic, &frame, seq);
     }
 
     /// The positioned frame of a plain one (payload at `body`, text if `text`).
@@ -637,12 +643,7 @@ impl Publisher {
         text: bool,
         body: usize,
     ) -> Frame {
-        let payload = &plain[body..];
-        let msg = match std::str::from_utf8(payload) {
-            Ok(t) if text => Message::Text(t),
-            _ => Message::Binary(payload),
-        };
-        self.encode_positioned(position, msg)
+        self.encode_positioned(position, message_at(plain, text, body))
     }
 
     /// `<position> <payload>`, framed once (text stays text: a position is ASCII).
@@ -729,12 +730,7 @@ impl Publisher {
             return self.post_publish(topic, frame, None);
         }
         let plain = frame.plain.clone();
-        let payload = &plain[body..];
-        let msg = match std::str::from_utf8(payload) {
-            Ok(t) if text => Message::Text(t),
-            _ => Message::Binary(payload),
-        };
-        self.sequence(topic, frame, msg);
+        self.sequence(topic, frame, message_at(&plain, text, body));
     }
 
     /// A broadcast from another node: to every local worker only.

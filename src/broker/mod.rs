@@ -1042,8 +1042,8 @@ impl Session<'_> {
             for (p, bytes) in &replay.messages {
                 match Envelope::read(bytes) {
                     Ok((e, text, body)) if e.kind == Kind::Publish => {
-                        let plain = Bytes::copy_from_slice(&bytes[HEADER_BYTES..]);
-                        frames.push(self.publisher.positioned_of_plain(*p, &plain, text, body));
+                        let plain = &bytes[HEADER_BYTES..];
+                        frames.push(self.publisher.positioned_of_plain(*p, plain, text, body));
                     }
                     _ => {
                         m.invalid.fetch_add(1, Relaxed);
