@@ -116,7 +116,9 @@ pub struct Config {
     /// (`MemTotal`, read once at start-up).
     pub memory_budget_bytes: u64,
     /// How long the count may stay past 3/4 of the budget, with reading paused, before
-    /// connections are closed.
+    /// connections are closed. Connections held for the budget are also released after it once
+    /// the count is below half of the budget, and the largest closed after eight of it while the
+    /// count stays past 3/8 with connections held (a stall: nothing frees by itself).
     pub memory_budget_grace_ms: u64,
     /// glibc's mmap threshold, fixed at start-up (`mallopt(M_MMAP_THRESHOLD)`): allocations of
     /// at least this many bytes are mappings of their own, given back to the kernel as soon as
@@ -130,6 +132,12 @@ pub struct Config {
     pub recv_buffer_bytes: u32,
     /// Number of receive buffers per worker (a power of two).
     pub recv_buffers_per_worker: u16,
+    /// A connection's fair share of reading: its armed receive ends after this many bytes and
+    /// is armed again, behind every other connection with input waiting. So one client's few
+    /// bytes never wait behind everything a thousand flooding clients have sent (without it
+    /// the kernel serves each of those up to 32 buffers per round). 0 leaves reads uncapped;
+    /// otherwise at least `recv_buffer_bytes`. Needs Linux 6.16 (ignored before, with a log line).
+    pub recv_share_bytes: u32,
     /// Size of one registered (fixed) send buffer. A connection's own frames (echoes, pongs,
     /// closes) are written into one while they fit and sent with one `WRITE_FIXED`.
     pub send_buffer_bytes: u32,
@@ -228,6 +236,7 @@ impl Default for Config {
             backpressure: BackpressurePolicy::Close,
             recv_buffer_bytes: 16 * 1024,
             recv_buffers_per_worker: 1024,
+            recv_share_bytes: 32 * 1024,
             send_buffer_bytes: 16 * 1024,
             send_buffers_per_worker: 256,
             send_zc_bytes_min: 0,
@@ -349,6 +358,11 @@ impl Config {
             "must be a power of two, at most 32768",
         )?;
         check(
+            self.recv_share_bytes == 0 || self.recv_share_bytes >= self.recv_buffer_bytes,
+            "recv_share_bytes",
+            "must be 0 or at least recv_buffer_bytes",
+        )?;
+        check(
             self.send_buffer_bytes >= 1024,
             "send_buffer_bytes",
             "must be at least 1024",
@@ -439,6 +453,11 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.validate().unwrap_err().field, "recv_buffers_per_worker");
+        let c = Config {
+            recv_share_bytes: 4096,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "recv_share_bytes");
         let c = Config {
             workers: 0,
             ..Config::default()

@@ -22,8 +22,16 @@ const BUDGET_BYTES: u64 = 256 << 20;
 const CLIENTS: usize = 1000;
 /// How long the non-readers send.
 const FLOOD: Duration = Duration::from_secs(6);
-/// The liveness bound on one echo for the well-behaved client.
-const ECHO_WITHIN: Duration = Duration::from_secs(5);
+/// How long the well-behaved client waits for one echo before the test fails as stalled.
+const ECHO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The issue's bound on one echo of the well-behaved client during the flood (#16: "still
+/// gets its echo within 1 s"). Measured here with the fair share of reading
+/// (`recv_share_bytes`): slowest 40-310 ms; without it, 0.9-3.1 s.
+const ECHO_WITHIN: Duration = Duration::from_secs(1);
+
+/// The two floods run one at a time, so that each is the issue's 1,000 clients on this machine
+/// and not 2,000.
+static ONE_FLOOD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// One echo round trip; the time it took.
 fn echo(c: &mut Client, n: u32) -> Duration {
@@ -42,6 +50,7 @@ fn echo(c: &mut Client, n: u32) -> Duration {
 
 /// `rss_bound`: the most the server's RSS may reach.
 fn budget_holds(payload_bytes: usize, rss_bound: u64) {
+    let _one = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
     let budget = BUDGET_BYTES.to_string();
     let (child, addr) = spawn_server(&[
         "--workers",
@@ -63,7 +72,7 @@ fn budget_holds(payload_bytes: usize, rss_bound: u64) {
     let pid = child.id();
     let _reap = Reap(child);
     let mut good = Client::connect(addr).unwrap();
-    good.stream.set_read_timeout(Some(ECHO_WITHIN)).unwrap();
+    good.stream.set_read_timeout(Some(ECHO_TIMEOUT)).unwrap();
     // Warm-up: 32 MiB of echoes touch the worker's whole ring of receive buffers (16 MiB,
     // allocated lazily) and its pools, so that the steady state is a server that has worked.
     let mib = vec![7u8; 1 << 20];
@@ -111,7 +120,11 @@ fn budget_holds(payload_bytes: usize, rss_bound: u64) {
     let (mut rss_max, mut echo_max, mut n) = (0u64, Duration::ZERO, 1);
     while start.elapsed() < FLOOD {
         rss_max = rss_max.max(rss_bytes(pid));
-        echo_max = echo_max.max(echo(&mut good, n));
+        let took = echo(&mut good, n);
+        if std::env::var_os("BUDGET_TRACE").is_some() {
+            eprintln!("t={:?} echo {n} took {took:?}", start.elapsed());
+        }
+        echo_max = echo_max.max(took);
         n += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -140,6 +153,10 @@ fn budget_holds(payload_bytes: usize, rss_bound: u64) {
         "the clients sent too little to test the budget"
     );
     assert_eq!(m["ringws_memory_budget_bytes"], BUDGET_BYTES);
+    assert!(
+        echo_max <= ECHO_WITHIN,
+        "an echo of the well-behaved client took {echo_max:?} during the flood"
+    );
 
     // They leave: the memory returns, within 1.25x of the steady state, in 10 s. The
     // well-behaved client goes on talking meanwhile: a client that stops reading for longer
@@ -182,14 +199,11 @@ fn non_readers_with_256_kib_messages_stay_within_the_budget() {
 /// only pausing, and shedding past the budget without a grace, keep RSS within it (it passed
 /// the budget, 262-347 MiB, before the shed mark moved to 3/4 and the mmap threshold was fixed).
 ///
-/// Ignored in CI for now (issue #16 stays open for it): one clean-clone CI run in about four
-/// (2026-12-02, 4954107) left 13 paused non-readers open 10 s after they left, holding 107 MiB
-/// (RSS 77 MiB against 24 steady); the budget itself held (peak 148 MiB). Suspect: a paused
-/// connection whose peer sent FIN with megabytes still unread resumes, reads, refreshes its
-/// idle time and pauses again, so the heartbeat never finds it silent. Run it with
-/// `cargo test --release --test hardening_budget -- --ignored`.
+/// It was ignored for a while: one clean-clone CI run in about four (2026-12-02) left 13
+/// connections held for the budget, holding 107 MiB, paused 10 s after their peers left: the
+/// use sat between the resume mark (3/8) and the pause mark (1/2), so they were never released.
+/// Held connections are now released after the grace below the pause mark (budget.rs).
 #[test]
-#[ignore = "flaky in CI: paused non-readers that left are sometimes not closed within 10 s (issue #16)"]
 fn non_readers_with_16_mib_messages_stay_within_the_budget() {
     budget_holds(16 * 1024 * 1024, BUDGET_BYTES);
 }

@@ -38,6 +38,7 @@ const USAGE: &str = "usage: ringws serve [options]
   --origin ORIGIN                 allow this Origin (repeatable; default: any)
   --recv-buffers N                receive buffers per worker (power of two)
   --recv-buffer-bytes N           size of one receive buffer
+  --recv-share-bytes N            bytes one receive takes before the others' turn (0: uncapped)
   --history N                     keep the last N messages per topic for `psub` resume (default 0: off;
                                   with --broker they are kept in Redis Streams, for every node)
   --history-ttl-s S               and drop history older than S seconds (default 0: no age limit)
@@ -143,6 +144,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 .push(it.next().ok_or("--origin needs a value")?),
             "--recv-buffers" => c.recv_buffers_per_worker = num(&flag, it.next())?,
             "--recv-buffer-bytes" => c.recv_buffer_bytes = num(&flag, it.next())?,
+            "--recv-share-bytes" => c.recv_share_bytes = num(&flag, it.next())?,
             "--history" => c.history_messages_max = num(&flag, it.next())?,
             "--history-ttl-s" => {
                 let s: u64 = num(&flag, it.next())?;

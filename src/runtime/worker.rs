@@ -1901,7 +1901,13 @@ struct Worker<H> {
 impl<H: Handler> Worker<H> {
     fn new(setup: WorkerSetup, handler: H) -> io::Result<Worker<H>> {
         let cfg = setup.cfg.clone();
-        let ring = Ring::new(cfg.ring_entries)?;
+        let mut ring = Ring::new(cfg.ring_entries)?;
+        if cfg.recv_share_bytes > 0 && !ring.set_recv_share(cfg.recv_share_bytes) && setup.id == 0 {
+            eprintln!(
+                "ringws: this kernel cannot cap a multishot receive (Linux 6.16+); \
+                 recv_share_bytes is ignored"
+            );
+        }
         let table = cfg.connections_per_worker_max + SPARE_FIXED_FILES;
         ring.submitter().register_files_sparse(table).map_err(|e| {
             io::Error::new(e.kind(), format!("registering {table} fixed files: {e}"))
