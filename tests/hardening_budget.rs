@@ -33,6 +33,16 @@ const ECHO_WITHIN: Duration = Duration::from_secs(1);
 /// and not 2,000.
 static ONE_FLOOD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Whether Linux is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
 /// One echo round trip; the time it took.
 fn echo(c: &mut Client, n: u32) -> Duration {
     let t = Instant::now();
@@ -153,10 +163,16 @@ fn budget_holds(payload_bytes: usize, rss_bound: u64) {
         "the clients sent too little to test the budget"
     );
     assert_eq!(m["ringws_memory_budget_bytes"], BUDGET_BYTES);
-    assert!(
-        echo_max <= ECHO_WITHIN,
-        "an echo of the well-behaved client took {echo_max:?} during the flood"
-    );
+    // The bound rests on the fair share of reading, which needs Linux 6.16 (the server reads
+    // uncapped before, and says so): older kernels are told, not failed.
+    if kernel_at_least(6, 16) {
+        assert!(
+            echo_max <= ECHO_WITHIN,
+            "an echo of the well-behaved client took {echo_max:?} during the flood"
+        );
+    } else {
+        eprintln!("kernel before 6.16: no fair share of reading, the 1 s bound is not checked");
+    }
 
     // They leave: the memory returns, within 1.25x of the steady state, in 10 s. The
     // well-behaved client goes on talking meanwhile: a client that stops reading for longer

@@ -19,7 +19,11 @@
 //! add their changes to one atomic once per loop turn, not per byte. Past half of the budget,
 //! reading pauses on every connection the worker settles that holds more than one receive
 //! buffer (`recv_buffer_bytes`; so no large new input is buffered, while clients that read their
-//! answers are still served); once the use falls below 3/8 of the budget they are read again.
+//! answers are still served); once the use falls below 3/8 of the budget they are read again,
+//! and below 1/2 too once it has stayed there for `memory_budget_grace_ms` (they may be what
+//! keeps it between the marks). Held connections with the use past 3/8 for eight graces are a
+//! stall: the largest held ones are closed with 1013, for the worker's share of the excess over
+//! 3/8, and again each grace while it lasts.
 //! If it stays past 3/4 for `memory_budget_grace_ms`, or at once when it is past the budget
 //! itself, each worker closes its connections that hold the most, largest first, with 1013
 //! (try again later), until it has freed its share of the excess over 3/8. The last quarter is
@@ -194,6 +198,9 @@ pub(crate) enum Turn {
     /// Still over the budget after the grace: close connections holding at least this many
     /// bytes in total, largest first.
     Shed(u64),
+    /// Held connections stalled (nothing frees by itself): close held connections holding at
+    /// least this many bytes in total, largest first.
+    ShedHeld(u64),
 }
 
 /// One worker's memory bounds.
@@ -213,6 +220,9 @@ pub(crate) struct Memory {
     pools: i64,
     /// Connections paused for the budget (flag `BUDGET_HOLD`).
     held: Vec<Key>,
+    /// How many of `held` are live connections still flagged `BUDGET_HOLD` (the list keeps the
+    /// keys of those that ended until the next release).
+    held_live: usize,
     /// Since when the use has been over the budget, and when connections were last shed.
     over_since_ms: Option<u64>,
     shed_at_ms: u64,
@@ -264,6 +274,7 @@ impl Memory {
             local: 0,
             pools: 0,
             held: Vec::new(),
+            held_live: 0,
             over_since_ms: None,
             shed_at_ms: 0,
             peak: 0,
@@ -297,6 +308,18 @@ impl Memory {
     /// A slot leaves: whatever it still had accounted goes.
     pub(crate) fn forget(&mut self, st: &mut ConnState) {
         self.account(st, 0);
+        if st.has(flag::BUDGET_HOLD) {
+            st.clear(flag::BUDGET_HOLD);
+            self.held_live = self.held_live.saturating_sub(1);
+        }
+    }
+
+    /// Everyone held is read again (the worker clears their `BUDGET_HOLD`).
+    fn release(&mut self) -> Turn {
+        self.held_calm_since_ms = None;
+        self.stalled_since_ms = None;
+        self.held_live = 0;
+        Turn::Release(std::mem::take(&mut self.held))
     }
 
     /// The worker's pools now hold `bytes` (besides its fixed buffers).
@@ -318,10 +341,10 @@ impl Memory {
         } else if self.over_since_ms.is_none() {
             self.over_since_ms = Some(now_ms);
         }
-        if used < resume_mark(self.budget.budget_bytes) && !self.held.is_empty() {
-            self.held_calm_since_ms = None;
-            self.stalled_since_ms = None;
-            return Turn::Release(std::mem::take(&mut self.held));
+        // Only keys of connections that ended: dropped (releasing them is a no-op).
+        let stale_only = self.held_live == 0 && !self.held.is_empty();
+        if stale_only || (used < resume_mark(self.budget.budget_bytes) && !self.held.is_empty()) {
+            return self.release();
         }
         // Held connections may be what keeps the use between the marks: their half-read
         // messages complete only if they read. Below the pause mark for the grace, they are
@@ -329,17 +352,15 @@ impl Memory {
         // the shed mark the largest are closed. (Waiting for the resume mark alone left them
         // paused for ever: a CI run ended with 13 connections holding 107 MiB of a 256 MiB
         // budget, the resume mark 96 MiB.)
-        if self.held.is_empty() || used > pause_mark(self.budget.budget_bytes) {
+        if self.held_live == 0 || used > pause_mark(self.budget.budget_bytes) {
             self.held_calm_since_ms = None;
         } else {
             let since = *self.held_calm_since_ms.get_or_insert(now_ms);
             if now_ms >= since + self.grace_ms {
-                self.held_calm_since_ms = None;
-                self.stalled_since_ms = None;
-                return Turn::Release(std::mem::take(&mut self.held));
+                return self.release();
             }
         }
-        if self.held.is_empty() || used < resume_mark(self.budget.budget_bytes) {
+        if self.held_live == 0 || used < resume_mark(self.budget.budget_bytes) {
             self.stalled_since_ms = None;
         } else {
             self.stalled_since_ms.get_or_insert(now_ms);
@@ -363,7 +384,13 @@ impl Memory {
         // This worker's share of what must go to get back under the resume mark.
         let excess = used - resume_mark(self.budget.budget_bytes);
         let share = excess as i128 * i128::from(self.local.max(0)) / i128::from(used.max(1));
-        Turn::Shed(share.max(1) as u64)
+        let share = share.max(1) as u64;
+        if urgent || graced {
+            Turn::Shed(share)
+        } else {
+            // Below the shed mark: only those held, whose stall this is.
+            Turn::ShedHeld(share)
+        }
     }
 
     /// Whether the worker should give its free memory back now (pools shrunk, then the
@@ -430,6 +457,7 @@ impl Memory {
         if holds && self.over() && st.phase == Phase::Open && !st.has(flag::BUDGET_HOLD) {
             st.set(flag::BUDGET_HOLD);
             self.held.push(key);
+            self.held_live += 1;
         }
         match reads(st.phase, st.flags, queued, self.marks) {
             Reads::Keep => None,
@@ -528,6 +556,7 @@ mod tests {
             index: 1,
             generation: 1,
         });
+        m.held_live = 1;
         // Past the shed mark: nothing shed before the grace, then this worker's whole share of
         // the excess over the resume mark (3/8 of 800 = 300): all the use is this worker's.
         assert_eq!(m.turn(6000), Turn::Calm);
@@ -555,6 +584,7 @@ mod tests {
         // Between the resume mark (300) and the pause mark (400), held by what they hold.
         m.pools(350);
         m.held.push(key);
+        m.held_live = 1;
         assert_eq!(m.turn(1000), Turn::Calm);
         assert_eq!(m.deadline_ms(), Some(1100));
         assert_eq!(m.turn(1099), Turn::Calm);
@@ -563,6 +593,7 @@ mod tests {
         // Past the pause mark the grace does not run (only the stall's, tested below).
         m.pools(450);
         m.held.push(key);
+        m.held_live = 1;
         assert_eq!(m.turn(2000), Turn::Calm);
         assert_eq!(m.turn(2500), Turn::Calm);
         assert_eq!(m.deadline_ms(), Some(2000 + STALL_GRACES * 100));
@@ -582,11 +613,12 @@ mod tests {
             index: 1,
             generation: 1,
         });
+        m.held_live = 1;
         assert_eq!(m.turn(1000), Turn::Calm);
         assert_eq!(m.deadline_ms(), Some(1000 + STALL_GRACES * 100));
         assert_eq!(m.turn(1000 + STALL_GRACES * 100 - 1), Turn::Calm);
         // This worker's share of the excess over the resume mark (300).
-        assert_eq!(m.turn(1000 + STALL_GRACES * 100), Turn::Shed(200));
+        assert_eq!(m.turn(1000 + STALL_GRACES * 100), Turn::ShedHeld(200));
         assert_eq!(
             m.turn(1000 + STALL_GRACES * 100 + 50),
             Turn::Calm,
@@ -597,6 +629,30 @@ mod tests {
         m.pools(500);
         assert_eq!(m.turn(1000), Turn::Calm);
         assert_eq!(m.turn(100_000), Turn::Calm);
+    }
+
+    #[test]
+    fn a_held_connection_that_ends_no_longer_counts_as_held() {
+        use crate::proto::connection::{Connection, Limits, Role};
+        let mut slots = super::super::slots::Slots::new();
+        let key = slots.insert(3, Connection::new(Role::Server, Limits::default(), 0), 0);
+        let st = &mut slots.get(key).unwrap().st;
+        st.phase = Phase::Open;
+        let mut m = memory(800);
+        m.pools(500);
+        assert_eq!(m.turn(0), Turn::Calm);
+        // Over the pause mark: a connection that holds more than a receive buffer is held.
+        assert!(
+            m.pace(key, st, 1 << 20).is_none(),
+            "no receive armed to cancel"
+        );
+        assert!(st.has(flag::BUDGET_HOLD | flag::RECV_PAUSED));
+        assert_eq!(m.held_live, 1);
+        m.forget(st);
+        assert_eq!(m.held_live, 0);
+        // Its key alone is left: dropped at once, and no stall is counted for it.
+        assert!(matches!(m.turn(10), Turn::Release(keys) if keys == [key]));
+        assert_eq!(m.turn(10 + 100 * STALL_GRACES), Turn::Calm);
     }
 
     #[test]

@@ -1680,7 +1680,8 @@ impl<H: Handler> Engine<H> {
                     }
                 }
             }
-            Turn::Shed(bytes) => self.shed(bytes),
+            Turn::Shed(bytes) => self.shed(bytes, false),
+            Turn::ShedHeld(bytes) => self.shed(bytes, true),
         }
         if self.sh.mem.trim_due(self.now_ms) {
             self.give_back_memory();
@@ -1703,7 +1704,7 @@ impl<H: Handler> Engine<H> {
     /// their queued output is dropped and Close 1013 queued, with the grace to leave; one with a
     /// send in flight (a peer that does not read) is ended at once, so that its batch is freed
     /// too.
-    fn shed(&mut self, bytes: u64) {
+    fn shed(&mut self, bytes: u64, only_held: bool) {
         let mut keys = std::mem::take(&mut self.keys);
         self.slots.keys(&mut keys);
         let mut big: Vec<(u64, Key)> = keys
@@ -1712,7 +1713,8 @@ impl<H: Handler> Engine<H> {
                 let Slot { core, st } = self.slots.get(k)?;
                 let n = u64::from(st.held_bytes).max(st.queued_bytes() as u64);
                 let open = st.phase == Phase::Open && core.state() == State::Open;
-                (open && self.sh.mem.holds_much(n)).then_some((n, k))
+                let chosen = !only_held || st.has(flag::BUDGET_HOLD);
+                (open && chosen && self.sh.mem.holds_much(n)).then_some((n, k))
             })
             .collect();
         self.keys = keys;
@@ -1902,7 +1904,9 @@ impl<H: Handler> Worker<H> {
     fn new(setup: WorkerSetup, handler: H) -> io::Result<Worker<H>> {
         let cfg = setup.cfg.clone();
         let mut ring = Ring::new(cfg.ring_entries)?;
-        if cfg.recv_share_bytes > 0 && !ring.set_recv_share(cfg.recv_share_bytes) && setup.id == 0 {
+        // A share is at least one receive buffer (Config::recv_share_bytes).
+        let share = cfg.recv_share_bytes.max(cfg.recv_buffer_bytes);
+        if cfg.recv_share_bytes > 0 && !ring.set_recv_share(share) && setup.id == 0 {
             eprintln!(
                 "ringws: this kernel cannot cap a multishot receive (Linux 6.16+); \
                  recv_share_bytes is ignored"
