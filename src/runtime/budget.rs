@@ -365,18 +365,20 @@ impl Memory {
         } else {
             self.stalled_since_ms.get_or_insert(now_ms);
         }
-        let stalled = self
-            .stalled_since_ms
-            .is_some_and(|since| now_ms >= since + STALL_GRACES * self.grace_ms)
-            && now_ms >= self.shed_at_ms + self.grace_ms;
-        let Some(since) = self.over_since_ms.or(stalled.then_some(now_ms)) else {
-            return Turn::Calm;
-        };
-        // Past the budget itself there is no grace: what is on its way would take the process
-        // past it (only a few turns, for the last sheds' frees to be counted).
+        let shed_rested = now_ms >= self.shed_at_ms + self.grace_ms;
+        let stalled = shed_rested
+            && self
+                .stalled_since_ms
+                .is_some_and(|since| now_ms >= since + STALL_GRACES * self.grace_ms);
+        // Past the budget itself (so past the shed mark: `over_since_ms` is set) there is no
+        // grace: what is on its way would take the process past it (only a few turns, for the
+        // last sheds' frees to be counted).
         let urgent = used > self.budget.budget_bytes as i64
             && now_ms >= self.shed_at_ms + URGENT_SHED_INTERVAL_MS;
-        let graced = now_ms >= since + self.grace_ms && now_ms >= self.shed_at_ms + self.grace_ms;
+        let graced = shed_rested
+            && self
+                .over_since_ms
+                .is_some_and(|since| now_ms >= since + self.grace_ms);
         if !urgent && !graced && !stalled {
             return Turn::Calm;
         }
@@ -532,6 +534,17 @@ mod tests {
         assert_eq!(reads(Phase::Closing, held, 0, MARKS), Reads::Keep);
     }
 
+    /// Holds connection `index` for the budget, as `pace` does.
+    fn hold(m: &mut Memory, index: u32) -> Key {
+        let key = Key {
+            index,
+            generation: 1,
+        };
+        m.held.push(key);
+        m.held_live += 1;
+        key
+    }
+
     fn memory(budget: u64) -> Memory {
         let cfg = Config {
             memory_budget_grace_ms: 100,
@@ -552,11 +565,7 @@ mod tests {
         // At the shed mark (3/4 of 800 = 600) is not past it: no grace starts.
         assert_eq!(m.turn(5000), Turn::Calm);
         m.pools(750);
-        m.held.push(Key {
-            index: 1,
-            generation: 1,
-        });
-        m.held_live = 1;
+        hold(&mut m, 1);
         // Past the shed mark: nothing shed before the grace, then this worker's whole share of
         // the excess over the resume mark (3/8 of 800 = 300): all the use is this worker's.
         assert_eq!(m.turn(6000), Turn::Calm);
@@ -577,14 +586,9 @@ mod tests {
     #[test]
     fn held_connections_are_released_after_the_grace_below_the_pause_mark() {
         let mut m = memory(800);
-        let key = Key {
-            index: 1,
-            generation: 1,
-        };
         // Between the resume mark (300) and the pause mark (400), held by what they hold.
         m.pools(350);
-        m.held.push(key);
-        m.held_live = 1;
+        let key = hold(&mut m, 1);
         assert_eq!(m.turn(1000), Turn::Calm);
         assert_eq!(m.deadline_ms(), Some(1100));
         assert_eq!(m.turn(1099), Turn::Calm);
@@ -592,8 +596,7 @@ mod tests {
         assert_eq!(m.deadline_ms(), None);
         // Past the pause mark the grace does not run (only the stall's, tested below).
         m.pools(450);
-        m.held.push(key);
-        m.held_live = 1;
+        hold(&mut m, 1);
         assert_eq!(m.turn(2000), Turn::Calm);
         assert_eq!(m.turn(2500), Turn::Calm);
         assert_eq!(m.deadline_ms(), Some(2000 + STALL_GRACES * 100));
@@ -609,11 +612,7 @@ mod tests {
         let mut m = memory(800);
         // Past the pause mark (400), below the shed mark (600): no grace for the budget runs.
         m.pools(500);
-        m.held.push(Key {
-            index: 1,
-            generation: 1,
-        });
-        m.held_live = 1;
+        hold(&mut m, 1);
         assert_eq!(m.turn(1000), Turn::Calm);
         assert_eq!(m.deadline_ms(), Some(1000 + STALL_GRACES * 100));
         assert_eq!(m.turn(1000 + STALL_GRACES * 100 - 1), Turn::Calm);
